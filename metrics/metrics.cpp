@@ -1,0 +1,222 @@
+// The metric catalogue (every name, help text and label of SPEC §6) and the prometheus-cpp glue.
+#include "metrics/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <array>
+#include <deque>
+#include <mutex>
+
+namespace metrics {
+
+const char* toString(CloseReason reason) {
+  static constexpr std::array<const char*, kCloseReasons> names = {
+      "client_closed", "backend_closed",      "timeout", "protocol_error",
+      "tls_error",     "backend_unavailable", "shutdown"};
+  return names[static_cast<int>(reason)];
+}
+
+const char* toString(RejectReason reason) {
+  static constexpr std::array<const char*, kRejectReasons> names = {
+      "max_connections", "per_ip_limit", "rate_limit", "proxy_header", "draining"};
+  return names[static_cast<int>(reason)];
+}
+
+const char* toString(BackendError reason) {
+  static constexpr std::array<const char*, kBackendErrors> names = {"refused", "timeout", "tls",
+                                                                    "greeting", "closed"};
+  return names[static_cast<int>(reason)];
+}
+
+struct ListenerMetrics::Series {
+  prometheus::Counter* accepted;
+  prometheus::Gauge* active;
+  std::array<prometheus::Counter*, kRejectReasons> rejected;
+  std::array<prometheus::Counter*, kCloseReasons> closed;
+  prometheus::Histogram* duration;
+  prometheus::Counter* bytesToBackend;
+  prometheus::Counter* bytesToClient;
+};
+
+struct BackendMetrics::Series {
+  prometheus::Histogram* connectDuration;
+};
+
+struct ServerMetrics::Series {
+  std::array<prometheus::Counter*, kBackendErrors> errors;
+};
+
+void ListenerMetrics::accepted() {
+  series_->accepted->Increment();
+  series_->active->Increment();
+}
+
+void ListenerMetrics::rejected(RejectReason reason) {
+  series_->rejected[static_cast<int>(reason)]->Increment();
+}
+
+void ListenerMetrics::closed(CloseReason reason, double durationSeconds) {
+  series_->active->Decrement();
+  series_->closed[static_cast<int>(reason)]->Increment();
+  series_->duration->Observe(durationSeconds);
+}
+
+void ListenerMetrics::bytesToBackend(std::uint64_t count) {
+  series_->bytesToBackend->Increment(static_cast<double>(count));
+}
+
+void ListenerMetrics::bytesToClient(std::uint64_t count) {
+  series_->bytesToClient->Increment(static_cast<double>(count));
+}
+
+void BackendMetrics::connectDuration(double seconds) {
+  series_->connectDuration->Observe(seconds);
+}
+
+void ServerMetrics::error(BackendError reason) {
+  series_->errors[static_cast<int>(reason)]->Increment();
+}
+
+namespace {
+
+const prometheus::Histogram::BucketBoundaries kSessionBuckets = {
+    0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400};
+const prometheus::Histogram::BucketBoundaries kConnectBuckets = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+
+} // namespace
+
+struct Registry::Impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+
+  // The catalogue: every family postern exports, in SPEC §6 order.
+  prometheus::Family<prometheus::Gauge>& buildInfo =
+      prometheus::BuildGauge()
+          .Name("postern_build_info")
+          .Help("Always 1; the version label says which postern is running.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& accepted =
+      prometheus::BuildCounter()
+          .Name("postern_connections_accepted_total")
+          .Help("Client connections accepted (not counting those refused by a limit).")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& active =
+      prometheus::BuildGauge()
+          .Name("postern_connections_active")
+          .Help("Client sessions open now.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& rejected =
+      prometheus::BuildCounter()
+          .Name("postern_connections_rejected_total")
+          .Help("Client connections refused by a limit, by reason.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& closed =
+      prometheus::BuildCounter()
+          .Name("postern_sessions_closed_total")
+          .Help("Client sessions ended, by reason.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& duration =
+      prometheus::BuildHistogram()
+          .Name("postern_session_duration_seconds")
+          .Help("Length of client sessions.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& bytes =
+      prometheus::BuildCounter()
+          .Name("postern_bytes_total")
+          .Help("Bytes relayed, by direction.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& connectDuration =
+      prometheus::BuildHistogram()
+          .Name("postern_backend_connect_duration_seconds")
+          .Help("Time from starting a backend connection to its greeting.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& backendErrors =
+      prometheus::BuildCounter()
+          .Name("postern_backend_errors_total")
+          .Help("Failed backend connections, by server and reason.")
+          .Register(*registry);
+
+  // Series handles point into the families; the deques keep their own storage stable.
+  std::mutex mutex;
+  std::deque<ListenerMetrics::Series> listeners;
+  std::deque<BackendMetrics::Series> backends;
+  std::deque<ServerMetrics::Series> servers;
+};
+
+Registry::Registry(const std::string& version) : impl_(std::make_unique<Impl>()) {
+  impl_->buildInfo.Add({{"version", version}}).Set(1);
+}
+
+Registry::~Registry() = default;
+
+std::expected<int, std::string> Registry::startExposer(const std::string& hostPort) {
+  try {
+    impl_->exposer = std::make_unique<prometheus::Exposer>(hostPort, 2);
+    impl_->exposer->RegisterCollectable(impl_->registry);
+    auto ports = impl_->exposer->GetListeningPorts();
+    return ports.empty() ? 0 : ports.front();
+  } catch (const std::exception& error) {
+    return std::unexpected(std::string(error.what()));
+  }
+}
+
+ListenerMetrics Registry::listener(const std::string& name, const std::string& protocol, int port,
+                                   const std::string& tls) {
+  std::lock_guard lock(impl_->mutex);
+  prometheus::Labels labels = {
+      {"listener", name}, {"protocol", protocol}, {"port", std::to_string(port)}, {"tls", tls}};
+  ListenerMetrics::Series& series = impl_->listeners.emplace_back();
+  series.accepted = &impl_->accepted.Add(labels);
+  series.active = &impl_->active.Add(labels);
+  for (int i = 0; i < kRejectReasons; ++i) {
+    series.rejected[i] = &impl_->rejected.Add(
+        {{"listener", name}, {"reason", toString(static_cast<RejectReason>(i))}});
+  }
+  for (int i = 0; i < kCloseReasons; ++i) {
+    series.closed[i] = &impl_->closed.Add(
+        {{"listener", name}, {"reason", toString(static_cast<CloseReason>(i))}});
+  }
+  series.duration =
+      &impl_->duration.Add({{"listener", name}, {"protocol", protocol}}, kSessionBuckets);
+  series.bytesToBackend =
+      &impl_->bytes.Add({{"listener", name}, {"direction", "client_to_backend"}});
+  series.bytesToClient =
+      &impl_->bytes.Add({{"listener", name}, {"direction", "backend_to_client"}});
+  ListenerMetrics handle;
+  handle.series_ = &series;
+  return handle;
+}
+
+BackendMetrics Registry::backend(const std::string& name) {
+  std::lock_guard lock(impl_->mutex);
+  BackendMetrics::Series& series = impl_->backends.emplace_back();
+  series.connectDuration = &impl_->connectDuration.Add({{"backend", name}}, kConnectBuckets);
+  BackendMetrics handle;
+  handle.series_ = &series;
+  return handle;
+}
+
+ServerMetrics Registry::server(const std::string& backend, const std::string& server) {
+  std::lock_guard lock(impl_->mutex);
+  ServerMetrics::Series& series = impl_->servers.emplace_back();
+  for (int i = 0; i < kBackendErrors; ++i) {
+    series.errors[i] = &impl_->backendErrors.Add(
+        {{"backend", backend}, {"server", server}, {"reason", toString(static_cast<BackendError>(i))}});
+  }
+  ServerMetrics handle;
+  handle.series_ = &series;
+  return handle;
+}
+
+std::string Registry::render() const {
+  prometheus::TextSerializer serializer;
+  return serializer.Serialize(impl_->registry->Collect());
+}
+
+} // namespace metrics

@@ -1,0 +1,94 @@
+// What the proxy calls to count things; names and labels (SPEC §6) live in metrics.cpp's catalogue.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <memory>
+#include <string>
+
+namespace metrics {
+
+enum class CloseReason {
+  ClientClosed,
+  BackendClosed,
+  Timeout,
+  ProtocolError,
+  TlsError,
+  BackendUnavailable,
+  Shutdown,
+};
+inline constexpr int kCloseReasons = 7;
+
+enum class RejectReason { MaxConnections, PerIpLimit, RateLimit, ProxyHeader, Draining };
+inline constexpr int kRejectReasons = 5;
+
+enum class BackendError { Refused, Timeout, Tls, Greeting, Closed };
+inline constexpr int kBackendErrors = 5;
+
+const char* toString(CloseReason reason);
+const char* toString(RejectReason reason);
+const char* toString(BackendError reason);
+
+class Registry;
+
+// Per-listener series, resolved once so the data path does no label lookups.
+class ListenerMetrics {
+public:
+  void accepted();
+  void rejected(RejectReason reason);
+  void closed(CloseReason reason, double durationSeconds);
+  void bytesToBackend(std::uint64_t count);
+  void bytesToClient(std::uint64_t count);
+
+private:
+  friend class Registry;
+  struct Series;
+  Series* series_ = nullptr;
+};
+
+// Per-backend-pool and per-server series.
+class BackendMetrics {
+public:
+  void connectDuration(double seconds);
+
+private:
+  friend class Registry;
+  struct Series;
+  Series* series_ = nullptr;
+};
+
+class ServerMetrics {
+public:
+  void error(BackendError reason);
+
+private:
+  friend class Registry;
+  struct Series;
+  Series* series_ = nullptr;
+};
+
+// Owns every series and the HTTP exposer. Thread-safe: workers may share one registry.
+class Registry {
+public:
+  explicit Registry(const std::string& version);
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Serves /metrics on host:port (port 0 picks one). Returns the bound port.
+  std::expected<int, std::string> startExposer(const std::string& hostPort);
+
+  ListenerMetrics listener(const std::string& name, const std::string& protocol, int port,
+                           const std::string& tls);
+  BackendMetrics backend(const std::string& name);
+  ServerMetrics server(const std::string& backend, const std::string& server);
+
+  // The text exposition, as /metrics serves it (for tests and diagnostics).
+  std::string render() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace metrics

@@ -1,0 +1,46 @@
+// A backend pool: its servers (resolved to socket addresses), their counters and the balancer.
+#include "proxy/backend/pool.h"
+
+#include "proxy/log.h"
+#include "proxy/net/tcp_stream.h"
+
+#include <netdb.h>
+
+#include <cstring>
+
+namespace backend {
+
+Pool::Pool(const config::Backend& config, metrics::Registry& registry)
+    : config_(config), balancer_(makeBalancer(config.balance)),
+      metrics_(registry.backend(config.name)) {
+  for (const config::ServerAddress& address : config.servers) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    addrinfo* result = nullptr;
+    std::string port = std::to_string(address.port);
+    int status = getaddrinfo(address.host.c_str(), port.c_str(), &hints, &result);
+    if (status != 0 || result == nullptr) {
+      logging::error("cannot resolve backend server", {{"backend", config.name},
+                                                       {"server", address.text()},
+                                                       {"error", gai_strerror(status)}});
+      continue;
+    }
+    Server server;
+    server.name = address.text();
+    std::memcpy(&server.address, result->ai_addr, result->ai_addrlen);
+    server.addressText = net::formatAddress(server.address);
+    server.metrics = registry.server(config.name, server.name);
+    freeaddrinfo(result);
+    servers_.push_back(std::move(server));
+  }
+}
+
+Server* Pool::pick(const std::vector<const Server*>& tried) {
+  PickContext context{&tried};
+  int index = balancer_->pick(servers_, context);
+  return index < 0 ? nullptr : &servers_[static_cast<std::size_t>(index)];
+}
+
+} // namespace backend

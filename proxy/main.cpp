@@ -1,0 +1,125 @@
+// postern's command line: run, check a config, print the example, print the version.
+#include "config/load.h"
+#include "metrics/metrics.h"
+#include "proxy/log.h"
+#include "proxy/protocol/registry.h"
+#include "proxy/server.h"
+#include "tls/certificate_check.h"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <string_view>
+
+namespace {
+
+constexpr std::string_view kUsage = R"(usage:
+  postern --config FILE          run (foreground; logs to stderr)
+  postern --check-config FILE    validate and exit 0, or print every error and exit 1
+  postern --print-example-config print a complete, commented example config
+  postern --version
+)";
+
+// Loads and checks a config; prints every problem to stderr.
+std::expected<config::Config, int> loadChecked(const std::string& path) {
+  auto loaded = config::loadFile(path);
+  std::vector<config::Diagnostic> diagnostics;
+  if (!loaded) {
+    diagnostics = std::move(loaded.error());
+  } else {
+    diagnostics = tls::checkConfig(*loaded);
+  }
+  if (diagnostics.empty()) {
+    return std::move(*loaded);
+  }
+  for (const config::Diagnostic& diagnostic : diagnostics) {
+    std::cerr << diagnostic.text() << '\n';
+  }
+  std::cerr << path << ": " << diagnostics.size()
+            << (diagnostics.size() == 1 ? " error" : " errors") << '\n';
+  return std::unexpected(1);
+}
+
+std::string hostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') {
+    return "postern";
+  }
+  return name;
+}
+
+int run(const std::string& path) {
+  auto loaded = loadChecked(path);
+  if (!loaded) {
+    return loaded.error();
+  }
+  const config::Config& config = *loaded;
+  logging::configure(config.global.log_level, config.global.log_format);
+  protocol::initialiseRegistry(hostName());
+  std::signal(SIGPIPE, SIG_IGN);
+
+  metrics::Registry registry(POSTERN_VERSION);
+  if (config.metrics.enabled) {
+    auto port = registry.startExposer(config.metrics.listen.text());
+    if (!port) {
+      logging::error("cannot serve metrics", {{"address", config.metrics.listen.text()},
+                                              {"error", port.error()}});
+      return 1;
+    }
+    config::SocketAddress bound = config.metrics.listen;
+    bound.port = static_cast<std::uint16_t>(*port);
+    logging::info("metrics listening", {{"address", bound.text()}, {"path", "/metrics"}});
+  }
+
+  proxy::Server server(config, registry);
+  if (auto started = server.start(); !started) {
+    logging::error("cannot start", {{"error", started.error()}});
+    return 1;
+  }
+  logging::info("started", {{"version", POSTERN_VERSION}, {"config", path}});
+  server.run();
+  logging::info("stopped");
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.size() == 1 && args[0] == "--version") {
+    std::cout << "postern " << POSTERN_VERSION << '\n';
+    return 0;
+  }
+  if (args.size() == 1 && args[0] == "--print-example-config") {
+    std::cout << config::exampleConfig();
+    return 0;
+  }
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (args.size() == 2 && args[0] == "--check-config") {
+    auto loaded = loadChecked(std::string(args[1]));
+    if (!loaded) {
+      return loaded.error();
+    }
+    std::cout << args[1] << ": OK (" << loaded->listeners.size() << " listeners, "
+              << loaded->backends.size() << " backends)\n";
+    return 0;
+  }
+  if (args.size() == 2 && args[0] == "--config") {
+    return run(std::string(args[1]));
+  }
+  if (args.empty()) {
+    std::cerr << "postern: no configuration given. Start from the example:\n"
+                 "  postern --print-example-config > postern.toml\n"
+                 "  postern --check-config postern.toml\n"
+                 "  postern --config postern.toml\n";
+    return 2;
+  }
+  std::cerr << "postern: unrecognised arguments\n" << kUsage;
+  return 2;
+}

@@ -1,0 +1,44 @@
+// A listening TCP socket (IPv4 or IPv6, SO_REUSEPORT so worker loops can share a port).
+#pragma once
+
+#include "config/model.h"
+
+#include <uv.h>
+
+#include <expected>
+#include <string>
+
+namespace net {
+
+class Listener {
+public:
+  class Handler {
+  public:
+    virtual void onConnection(Listener& listener) = 0;
+
+  protected:
+    ~Handler() = default;
+  };
+
+  // Binds and listens; the port actually bound is `port()` (useful with port 0).
+  static std::expected<Listener*, std::string> open(uv_loop_t* loop,
+                                                    const config::SocketAddress& address,
+                                                    Handler* handler);
+
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+  int port() const { return port_; }
+  // Stops listening; the object is freed by the loop later. Idempotent.
+  void close();
+
+private:
+  explicit Listener(Handler* handler) : handler_(handler) {}
+  ~Listener() = default;
+  static void onConnectionReady(uv_stream_t* server, int status) noexcept;
+
+  uv_tcp_t tcp_{};
+  Handler* handler_;
+  int port_ = 0;
+  bool closing_ = false;
+};
+
+} // namespace net

@@ -1,0 +1,40 @@
+// The protocols postern speaks, as a table: names and the lines postern itself says in each.
+#include "proxy/protocol/registry.h"
+
+#include <array>
+
+namespace protocol {
+
+namespace {
+
+// RFC 5530 (IMAP response codes), RFC 3206 (POP3 SYS/TEMP), RFC 3463 (SMTP enhanced codes).
+std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
+  std::string host(hostname);
+  return {{
+      {config::Protocol::Pop3, "pop3", "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
+       "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+       "-ERR [SYS/TEMP] Server shutting down\r\n"},
+      {config::Protocol::Imap, "imap", "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
+       "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+       "* BYE [UNAVAILABLE] Server shutting down\r\n"},
+      {config::Protocol::Smtp, "smtp",
+       "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
+       "421 4.7.0 " + host + " Too many connections, try again later\r\n",
+       "421 4.3.2 " + host + " Server shutting down, closing channel\r\n"},
+  }};
+}
+
+std::array<ProtocolInfo, 3>& table() {
+  static std::array<ProtocolInfo, 3> protocols = makeTable("postern");
+  return protocols;
+}
+
+} // namespace
+
+void initialiseRegistry(std::string_view hostname) { table() = makeTable(hostname); }
+
+const ProtocolInfo& info(config::Protocol protocol) {
+  return table()[static_cast<std::size_t>(protocol)];
+}
+
+} // namespace protocol

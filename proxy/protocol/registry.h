@@ -1,0 +1,26 @@
+// The protocols postern speaks, as a table: names and the lines postern itself says in each.
+#pragma once
+
+#include "config/model.h"
+
+#include <string>
+#include <string_view>
+
+namespace protocol {
+
+struct ProtocolInfo {
+  config::Protocol protocol;
+  const char* name;
+  // Said to a client when no backend server can be reached (SPEC §7).
+  std::string unavailable;
+  // Said to a client refused by a connection limit (SPEC §8).
+  std::string tooManyConnections;
+  // Said to a client whose session postern ends at shutdown (SPEC §9).
+  std::string shuttingDown;
+};
+
+// `hostname` is the name SMTP replies start with (RFC 5321 §4.2: "421 <domain> ...").
+void initialiseRegistry(std::string_view hostname);
+const ProtocolInfo& info(config::Protocol protocol);
+
+} // namespace protocol

@@ -1,0 +1,69 @@
+// The server: one libuv loop with its listeners, backend pools and live sessions; drain on signals.
+#pragma once
+
+#include "config/model.h"
+#include "metrics/metrics.h"
+#include "proxy/backend/pool.h"
+#include "proxy/net/listener.h"
+#include "proxy/net/tcp_stream.h"
+#include "proxy/net/timer.h"
+#include "proxy/session/session.h"
+
+#include <uv.h>
+
+#include <deque>
+#include <expected>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace proxy {
+
+class Server final : private session::SessionOwner, private net::TimerHandler {
+public:
+  Server(const config::Config& config, metrics::Registry& registry);
+  ~Server();
+
+  // Opens every listener; on failure, what could not be bound.
+  std::expected<void, std::string> start();
+  // Runs the loop until a drain (SIGTERM/SIGINT) has finished.
+  void run();
+
+private:
+  // One per configured listener: the socket and what its sessions share.
+  struct ListenerEntry final : net::Listener::Handler {
+    Server* server = nullptr;
+    net::Listener* socket = nullptr;
+    session::ListenerContext context;
+    void onConnection(net::Listener&) override { server->accept(*this); }
+  };
+
+  void accept(ListenerEntry& entry);
+  void reject(ListenerEntry& entry, metrics::RejectReason reason);
+  void onSessionClosed(session::Session& session) override;
+  void onTimer() override; // shutdown grace expired
+  void beginDrain(const char* signalName);
+  void stopLoop();
+  static void onSignal(uv_signal_t* handle, int signal) noexcept;
+  static void onCheck(uv_check_t* handle) noexcept;
+
+  config::Config config_;
+  metrics::Registry& registry_;
+  uv_loop_t loop_{};
+  net::LoopContext loopContext_;
+  std::map<std::string, std::unique_ptr<backend::Pool>> pools_;
+  std::deque<ListenerEntry> listeners_;
+  std::unordered_map<session::Session*, std::unique_ptr<session::Session>> sessions_;
+  std::vector<std::unique_ptr<session::Session>> finished_;
+  uv_signal_t sigterm_{};
+  uv_signal_t sigint_{};
+  uv_signal_t sighup_{};
+  uv_check_t reaper_{};
+  net::Timer* graceTimer_ = nullptr;
+  bool draining_ = false;
+  bool stopped_ = false;
+};
+
+} // namespace proxy

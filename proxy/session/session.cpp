@@ -1,0 +1,256 @@
+// One client session: connect a backend server, then relay bytes both ways until either side ends.
+#include "proxy/session/session.h"
+
+#include "proxy/log.h"
+
+namespace session {
+
+Session::Session(SessionOwner& owner, ListenerContext& listener, uv_loop_t* loop)
+    : owner_(owner), listener_(listener), loop_(loop) {}
+
+Session::~Session() {
+  // close() has released everything already; this guards against a session dropped unclosed.
+  if (client_ != nullptr) {
+    client_->close();
+  }
+  if (backend_ != nullptr) {
+    backend_->close();
+  }
+  if (timer_ != nullptr) {
+    timer_->close();
+  }
+}
+
+bool Session::start(uv_stream_t* listening) {
+  client_ = net::TcpStream::accept(listening, &clientSide_);
+  if (client_ == nullptr) {
+    phase_ = Phase::Closed;
+    return false;
+  }
+  clientAddress_ = net::formatAddress(client_->peer());
+  timer_ = net::Timer::create(loop_, this);
+  startedAt_ = timer_->now();
+  lastActivity_ = startedAt_;
+  listener_.metrics.accepted();
+  connectBackend();
+  return true;
+}
+
+void Session::connectBackend() {
+  server_ = listener_.pool->pick(tried_);
+  if (server_ == nullptr) {
+    // Every server was tried (or the pool has none): the client hears the protocol's own
+    // "temporarily unavailable" and the session ends.
+    client_->write(listener_.protocol->unavailable);
+    close(metrics::CloseReason::BackendUnavailable);
+    return;
+  }
+  tried_.push_back(server_);
+  ++server_->active;
+  connectStartedAt_ = timer_->now();
+  timer_->start(listener_.pool->config().connect_timeout);
+  int status = 0;
+  backend_ = net::TcpStream::connect(loop_, reinterpret_cast<const sockaddr*>(&server_->address),
+                                     &backendSide_, status);
+  if (backend_ == nullptr) {
+    logging::debug("backend connect failed", {{"listener", listener_.config.name},
+                                              {"server", server_->name},
+                                              {"error", uv_strerror(status)}});
+    backendFailed(metrics::BackendError::Refused);
+  }
+}
+
+void Session::releaseBackend() {
+  if (backend_ != nullptr) {
+    backend_->close();
+    backend_ = nullptr;
+  }
+  if (server_ != nullptr) {
+    --server_->active;
+    server_ = nullptr;
+  }
+}
+
+// A connect or greeting failure before anything reached the client: try another server while
+// `retries` allows (SPEC §7), otherwise tell the client the service is unavailable.
+void Session::backendFailed(metrics::BackendError reason) {
+  logging::warn("backend failed", {{"listener", listener_.config.name},
+                                   {"backend", listener_.pool->config().name},
+                                   {"server", server_ != nullptr ? server_->name : "-"},
+                                   {"reason", metrics::toString(reason)}});
+  if (server_ != nullptr) {
+    server_->metrics.error(reason);
+  }
+  releaseBackend();
+  timer_->stop();
+  if (tried_.size() <= listener_.pool->config().retries) {
+    connectBackend();
+    return;
+  }
+  client_->write(listener_.protocol->unavailable);
+  close(metrics::CloseReason::BackendUnavailable);
+}
+
+void Session::onBackendConnected(int status) {
+  if (status != 0) {
+    backendFailed(status == UV_ETIMEDOUT ? metrics::BackendError::Timeout
+                                         : metrics::BackendError::Refused);
+    return;
+  }
+  if (int error = backend_->startReading(); error != 0) {
+    backendFailed(metrics::BackendError::Closed);
+  }
+}
+
+void Session::onBackendRead(std::span<const char> data) {
+  if (phase_ == Phase::Connecting) {
+    // The first bytes are the greeting: the backend is usable, the client may talk now.
+    phase_ = Phase::Relaying;
+    std::uint64_t now = timer_->now();
+    listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt_) /
+                                              1000.0);
+    timer_->start(listener_.config.limits.idle_timeout);
+    if (client_->startReading() != 0) {
+      close(metrics::CloseReason::ClientClosed);
+      return;
+    }
+  }
+  lastActivity_ = timer_->now();
+  bytesOut_ += data.size();
+  listener_.metrics.bytesToClient(data.size());
+  if (client_->write(data) != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  // Backpressure: a client that does not read stops us reading its backend.
+  if (client_->pendingBytes() > net::TcpStream::kHighWater) {
+    backend_->pauseReading();
+  }
+}
+
+void Session::onClientRead(std::span<const char> data) {
+  lastActivity_ = timer_->now();
+  bytesIn_ += data.size();
+  listener_.metrics.bytesToBackend(data.size());
+  if (backend_->write(data) != 0) {
+    close(metrics::CloseReason::BackendClosed);
+    return;
+  }
+  if (backend_->pendingBytes() > net::TcpStream::kHighWater) {
+    client_->pauseReading();
+  }
+}
+
+void Session::onClientDrained() {
+  if (phase_ == Phase::Relaying && !backendEnded_ && backend_ != nullptr) {
+    backend_->startReading();
+  }
+}
+
+void Session::onBackendDrained() {
+  if (phase_ == Phase::Relaying && !clientEnded_) {
+    client_->startReading();
+  }
+}
+
+// Half-close: the side that finished sending has its FIN passed on once its bytes are through;
+// the session ends when both directions have finished.
+void Session::onClientEnd() {
+  clientEnded_ = true;
+  if (backend_ != nullptr) {
+    backend_->shutdownWrite();
+  }
+  finishIfBothEnded(backendEnded_ ? metrics::CloseReason::BackendClosed
+                                  : metrics::CloseReason::ClientClosed);
+}
+
+void Session::onBackendEnd() {
+  if (phase_ == Phase::Connecting) {
+    backendFailed(metrics::BackendError::Closed);
+    return;
+  }
+  backendEnded_ = true;
+  client_->shutdownWrite();
+  finishIfBothEnded(clientEnded_ ? metrics::CloseReason::ClientClosed
+                                 : metrics::CloseReason::BackendClosed);
+}
+
+void Session::finishIfBothEnded(metrics::CloseReason reason) {
+  if (clientEnded_ && backendEnded_) {
+    close(reason);
+  }
+}
+
+void Session::onClientError(int status) {
+  logging::debug("client connection error",
+                 {{"listener", listener_.config.name}, {"error", uv_strerror(status)}});
+  close(metrics::CloseReason::ClientClosed);
+}
+
+void Session::onBackendError(int status) {
+  if (phase_ == Phase::Connecting) {
+    backendFailed(metrics::BackendError::Closed);
+    return;
+  }
+  logging::debug("backend connection error",
+                 {{"listener", listener_.config.name}, {"error", uv_strerror(status)}});
+  close(metrics::CloseReason::BackendClosed);
+}
+
+void Session::onTimer() {
+  if (phase_ == Phase::Connecting) {
+    backendFailed(metrics::BackendError::Timeout);
+    return;
+  }
+  if (phase_ != Phase::Relaying) {
+    return;
+  }
+  std::uint64_t now = timer_->now();
+  auto idle = static_cast<std::uint64_t>(listener_.config.limits.idle_timeout.count());
+  // The timer is armed once per idle period, not per read: a read only moves lastActivity_.
+  if (now - lastActivity_ >= idle) {
+    close(metrics::CloseReason::Timeout);
+    return;
+  }
+  timer_->start(std::chrono::milliseconds(idle - (now - lastActivity_)));
+}
+
+void Session::shutdown() {
+  if (phase_ == Phase::Connecting && client_ != nullptr) {
+    client_->write(listener_.protocol->shuttingDown);
+  }
+  close(metrics::CloseReason::Shutdown);
+}
+
+void Session::close(metrics::CloseReason reason) {
+  if (phase_ == Phase::Closed) {
+    return;
+  }
+  phase_ = Phase::Closed;
+  std::uint64_t now = timer_->now();
+  double seconds = static_cast<double>(now - startedAt_) / 1000.0;
+  std::string backendAddress = server_ != nullptr ? server_->addressText : "";
+  listener_.metrics.closed(reason, seconds);
+  logging::access({{"listener", listener_.config.name},
+                   {"protocol", listener_.protocol->name},
+                   {"client", clientAddress_},
+                   {"tls_version", ""},
+                   {"tls_cipher", ""},
+                   {"user", ""},
+                   {"backend", backendAddress},
+                   {"bytes_in", std::to_string(bytesIn_)},
+                   {"bytes_out", std::to_string(bytesOut_)},
+                   {"duration_ms", std::to_string(now - startedAt_)},
+                   {"reason", metrics::toString(reason)}});
+  releaseBackend();
+  if (client_ != nullptr) {
+    // Whatever postern itself said last ("* BYE ...") still goes out before the close.
+    client_->closeAfterFlush();
+    client_ = nullptr;
+  }
+  timer_->close();
+  timer_ = nullptr;
+  owner_.onSessionClosed(*this);
+}
+
+} // namespace session
