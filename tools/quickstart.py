@@ -1,0 +1,118 @@
+"""The quickstart: real Dovecot and Postfix on loopback, postern in front of them with
+deploy/quickstart/postern.toml, one real client session through every listener, then the metrics.
+Run by tools/quickstart.sh; `--keep` leaves everything running until Ctrl-C."""
+
+import imaplib
+import os
+import poplib
+import smtplib
+import sys
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import harness  # noqa: E402
+from harness import DOMAIN, PASSWORD, USER  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "deploy", "quickstart", "postern.toml")
+BACKEND_PORTS = {"imap": 11143, "pop3": 11110, "smtp": 11025, "submission": 11587}
+
+
+def say(text):
+    print(text, flush=True)
+
+
+def imap_session(postern, listener):
+    host, port = postern.address(listener)
+    with imaplib.IMAP4(host, port) as imap:
+        imap.login(USER, PASSWORD)
+        _, data = imap.select("INBOX", readonly=True)
+        _, subjects = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        found = [s[1].decode().strip() for s in subjects if isinstance(s, tuple)]
+        imap.logout()
+    return f"logged in as {USER}, {int(data[0])} messages: {'; '.join(found)}"
+
+
+def pop3_session(postern, listener):
+    host, port = postern.address(listener)
+    pop = poplib.POP3(host, port)
+    pop.user(USER)
+    pop.pass_(PASSWORD)
+    count, size = pop.stat()
+    pop.quit()
+    return f"logged in as {USER}, {count} messages, {size} bytes"
+
+
+def smtp_session(postern, listener, servers, login=False):
+    host, port = postern.address(listener)
+    subject = f"quickstart via {listener} {uuid.uuid4().hex[:8]}"
+    with smtplib.SMTP(host, port) as smtp:
+        smtp.ehlo("quickstart.example.test")
+        if login:
+            smtp.login(USER, PASSWORD)
+        smtp.sendmail(f"quickstart@{DOMAIN}", [f"{USER}@{DOMAIN}"],
+                      f"From: quickstart@{DOMAIN}\r\nTo: {USER}@{DOMAIN}\r\n"
+                      f"Subject: {subject}\r\n\r\nHello from the postern quickstart.\r\n")
+    delivered = harness.wait_until(
+        lambda: any(subject in m for m in servers.delivered_messages()), timeout=20)
+    if not delivered:
+        raise RuntimeError(f"message sent through {listener} was not delivered")
+    return f"sent \"{subject}\"{' after AUTH' if login else ''}; delivered to the Maildir"
+
+
+def main():
+    keep = "--keep" in sys.argv
+    say(f"== starting Dovecot and Postfix on 127.0.0.1 ports {sorted(BACKEND_PORTS.values())}")
+    servers = harness.MailServers(ports=BACKEND_PORTS).start()
+    postern = None
+    try:
+        say(f"== starting postern --config {os.path.relpath(CONFIG, ROOT)}")
+        postern = harness.Postern(config_path=CONFIG).start()
+        for name, (host, port) in postern.addresses.items():
+            say(f"   listener {name:<11} {host}:{port}")
+        say("== one real session through every listener")
+        sessions = [
+            ("imap", lambda: imap_session(postern, "imap")),
+            ("imap-v6", lambda: imap_session(postern, "imap-v6")),
+            ("pop3", lambda: pop3_session(postern, "pop3")),
+            ("smtp", lambda: smtp_session(postern, "smtp", servers)),
+            ("smtp-alt", lambda: smtp_session(postern, "smtp-alt", servers)),
+            ("submission", lambda: smtp_session(postern, "submission", servers, login=True)),
+        ]
+        failed = 0
+        for name, run in sessions:
+            try:
+                say(f"   {name:<11} OK   {run()}")
+            except Exception as error:  # report every listener, then fail
+                failed += 1
+                say(f"   {name:<11} FAIL {error}")
+        harness.wait_until(lambda: postern.metric("postern_connections_active") == 0, timeout=10)
+        say(f"== metrics from http://{postern.metrics_address}/metrics")
+        for line in postern.scrape().splitlines():
+            if line.startswith("postern_") and not line.endswith(" 0") and "_bucket" not in line:
+                say("   " + line)
+        say("== access log")
+        for line in postern.access_lines():
+            say("   " + line)
+        if failed:
+            say(f"== {failed} listener(s) failed")
+            return 1
+        say("== every listener relayed a real session")
+        if keep:
+            say("== running; Ctrl-C stops postern, Dovecot and Postfix")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return 0
+    finally:
+        if postern is not None:
+            code = postern.stop()
+            say(f"== postern stopped (exit {code})")
+        servers.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
