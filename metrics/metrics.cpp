@@ -41,6 +41,11 @@ struct ListenerMetrics::Series {
   prometheus::Histogram* duration;
   prometheus::Counter* bytesToBackend;
   prometheus::Counter* bytesToClient;
+  prometheus::Counter* handshakesOk12;
+  prometheus::Counter* handshakesOk13;
+  prometheus::Counter* handshakesFailed;
+  prometheus::Histogram* handshakeDuration;
+  prometheus::Counter* resumed;
 };
 
 struct BackendMetrics::Series {
@@ -49,6 +54,7 @@ struct BackendMetrics::Series {
 
 struct ServerMetrics::Series {
   std::array<prometheus::Counter*, kBackendErrors> errors;
+  prometheus::Gauge* certificateExpiry;
 };
 
 void ListenerMetrics::accepted() {
@@ -74,6 +80,25 @@ void ListenerMetrics::bytesToClient(std::uint64_t count) {
   series_->bytesToClient->Increment(static_cast<double>(count));
 }
 
+void ListenerMetrics::tlsHandshakeOk(const std::string& version, double seconds, bool resumed) {
+  (version == "TLSv1.3" ? series_->handshakesOk13 : series_->handshakesOk12)->Increment();
+  series_->handshakeDuration->Observe(seconds);
+  if (resumed) {
+    series_->resumed->Increment();
+  }
+}
+
+void ListenerMetrics::tlsHandshakeFailed(double seconds) {
+  series_->handshakesFailed->Increment();
+  series_->handshakeDuration->Observe(seconds);
+}
+
+void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
+  if (series_->certificateExpiry != nullptr) {
+    series_->certificateExpiry->Set(secondsSinceEpoch);
+  }
+}
+
 void BackendMetrics::connectDuration(double seconds) {
   series_->connectDuration->Observe(seconds);
 }
@@ -86,6 +111,8 @@ namespace {
 
 const prometheus::Histogram::BucketBoundaries kSessionBuckets = {
     0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400};
+const prometheus::Histogram::BucketBoundaries kHandshakeBuckets = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 const prometheus::Histogram::BucketBoundaries kConnectBuckets = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
 
@@ -142,6 +169,38 @@ struct Registry::Impl {
           .Help("Failed backend connections, by server and reason.")
           .Register(*registry);
 
+  prometheus::Family<prometheus::Counter>& handshakes =
+      prometheus::BuildCounter()
+          .Name("postern_tls_handshakes_total")
+          .Help("Client-side TLS handshakes, by result and protocol version.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Histogram>& handshakeDuration =
+      prometheus::BuildHistogram()
+          .Name("postern_tls_handshake_duration_seconds")
+          .Help("Time from accepting a TLS connection to the end of its handshake.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& resumed =
+      prometheus::BuildCounter()
+          .Name("postern_tls_resumed_total")
+          .Help("Client-side TLS handshakes that resumed an earlier session.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& certificateExpiry =
+      prometheus::BuildGauge()
+          .Name("postern_tls_certificate_expiry_timestamp_seconds")
+          .Help("When each client-facing certificate expires (Unix time).")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& backendCertificateExpiry =
+      prometheus::BuildGauge()
+          .Name("postern_backend_certificate_expiry_timestamp_seconds")
+          .Help("When each TLS backend server's certificate expires (Unix time), as last seen.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& configReloads =
+      prometheus::BuildCounter()
+          .Name("postern_config_reloads_total")
+          .Help("Configuration and certificate reloads (SIGHUP), by result.")
+          .Register(*registry);
+  std::vector<prometheus::Gauge*> certificateGauges;
+
   // Series handles point into the families; the deques keep their own storage stable.
   std::mutex mutex;
   std::deque<ListenerMetrics::Series> listeners;
@@ -188,6 +247,17 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
       &impl_->bytes.Add({{"listener", name}, {"direction", "client_to_backend"}});
   series.bytesToClient =
       &impl_->bytes.Add({{"listener", name}, {"direction", "backend_to_client"}});
+  if (tls != "none") {
+    series.handshakesOk12 = &impl_->handshakes.Add(
+        {{"listener", name}, {"result", "ok"}, {"version", "TLSv1.2"}});
+    series.handshakesOk13 = &impl_->handshakes.Add(
+        {{"listener", name}, {"result", "ok"}, {"version", "TLSv1.3"}});
+    series.handshakesFailed = &impl_->handshakes.Add(
+        {{"listener", name}, {"result", "failed"}, {"version", "none"}});
+    series.handshakeDuration =
+        &impl_->handshakeDuration.Add({{"listener", name}}, kHandshakeBuckets);
+    series.resumed = &impl_->resumed.Add({{"listener", name}});
+  }
   ListenerMetrics handle;
   handle.series_ = &series;
   return handle;
@@ -202,16 +272,38 @@ BackendMetrics Registry::backend(const std::string& name) {
   return handle;
 }
 
-ServerMetrics Registry::server(const std::string& backend, const std::string& server) {
+ServerMetrics Registry::server(const std::string& backend, const std::string& server,
+                               bool tls) {
   std::lock_guard lock(impl_->mutex);
   ServerMetrics::Series& series = impl_->servers.emplace_back();
   for (int i = 0; i < kBackendErrors; ++i) {
     series.errors[i] = &impl_->backendErrors.Add(
         {{"backend", backend}, {"server", server}, {"reason", toString(static_cast<BackendError>(i))}});
   }
+  series.certificateExpiry =
+      tls ? &impl_->backendCertificateExpiry.Add({{"backend", backend}, {"server", server}})
+          : nullptr;
   ServerMetrics handle;
   handle.series_ = &series;
   return handle;
+}
+
+void Registry::setCertificates(const std::vector<Certificate>& certificates) {
+  std::lock_guard lock(impl_->mutex);
+  for (prometheus::Gauge* gauge : impl_->certificateGauges) {
+    impl_->certificateExpiry.Remove(gauge);
+  }
+  impl_->certificateGauges.clear();
+  for (const Certificate& certificate : certificates) {
+    prometheus::Gauge& gauge = impl_->certificateExpiry.Add(
+        {{"certificate", certificate.subject}, {"key_type", certificate.keyType}});
+    gauge.Set(certificate.notAfter);
+    impl_->certificateGauges.push_back(&gauge);
+  }
+}
+
+void Registry::configReload(bool ok) {
+  impl_->configReloads.Add({{"result", ok ? "ok" : "failed"}}).Increment();
 }
 
 std::string Registry::render() const {

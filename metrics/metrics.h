@@ -5,6 +5,7 @@
 #include <expected>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace metrics {
 
@@ -39,6 +40,9 @@ public:
   void closed(CloseReason reason, double durationSeconds);
   void bytesToBackend(std::uint64_t count);
   void bytesToClient(std::uint64_t count);
+  // A finished client-side handshake: `version` as OpenSSL names it ("TLSv1.3").
+  void tlsHandshakeOk(const std::string& version, double seconds, bool resumed);
+  void tlsHandshakeFailed(double seconds);
 
 private:
   friend class Registry;
@@ -60,6 +64,7 @@ private:
 class ServerMetrics {
 public:
   void error(BackendError reason);
+  void certificateExpiry(double secondsSinceEpoch);
 
 private:
   friend class Registry;
@@ -81,7 +86,17 @@ public:
   ListenerMetrics listener(const std::string& name, const std::string& protocol, int port,
                            const std::string& tls);
   BackendMetrics backend(const std::string& name);
-  ServerMetrics server(const std::string& backend, const std::string& server);
+  // `tls`: the server is reached over TLS, so its certificate expiry is exported.
+  ServerMetrics server(const std::string& backend, const std::string& server, bool tls);
+
+  // The client-facing certificates now loaded; replaces the previous set (after a reload).
+  struct Certificate {
+    std::string subject;
+    std::string keyType;
+    double notAfter;
+  };
+  void setCertificates(const std::vector<Certificate>& certificates);
+  void configReload(bool ok);
 
   // The text exposition, as /metrics serves it (for tests and diagnostics).
   std::string render() const;

@@ -2,7 +2,9 @@
 #include "proxy/server.h"
 
 #include "proxy/log.h"
+#include "config/load.h"
 #include "proxy/protocol/registry.h"
+#include "tls/certificate_check.h"
 
 #include <csignal>
 
@@ -25,13 +27,49 @@ Server::~Server() {
   }
 }
 
+std::expected<void, std::string> Server::loadTls(const config::Tls& tls) {
+  auto context = tls::ServerContext::create(tls, ticketKeys_);
+  if (!context) {
+    return std::unexpected(context.error());
+  }
+  tlsContext_ = *context;
+  std::vector<metrics::Registry::Certificate> certificates;
+  for (const tls::CertificateInfo& info : tlsContext_->certificates()) {
+    certificates.push_back({info.subject, info.keyType, static_cast<double>(info.notAfter)});
+  }
+  registry_.setCertificates(certificates);
+  return {};
+}
+
 std::expected<void, std::string> Server::start() {
+  for (auto& [name, pool] : pools_) {
+    if (!pool->error().empty()) {
+      return std::unexpected("backend " + name + ": " + pool->error());
+    }
+  }
+  bool needsTls = false;
+  for (const config::Listener& listener : config_.listeners) {
+    if (listener.tls == config::TlsMode::StartTls) {
+      return std::unexpected("listener " + listener.name +
+                             ": tls = \"starttls\" is not supported by this version yet; use "
+                             "\"implicit\" or \"none\"");
+    }
+    needsTls = needsTls || listener.tls != config::TlsMode::None;
+  }
+  if (needsTls) {
+    // Ticket keys rotate hourly; a ticket stays valid for two more hours.
+    ticketKeys_ = tls::makeTicketKeys(std::chrono::hours(1));
+    if (auto loaded = loadTls(config_.tls); !loaded) {
+      return std::unexpected("TLS: " + loaded.error());
+    }
+  }
   for (const config::Listener& listener : config_.listeners) {
     ListenerEntry& entry = listeners_.emplace_back();
     entry.server = this;
     entry.context.config = listener;
     entry.context.protocol = &protocol::info(listener.protocol);
     entry.context.pool = pools_.at(listener.backend).get();
+    entry.context.tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
     auto socket = net::Listener::open(&loop_, listener.listen, &entry);
     if (!socket) {
       return std::unexpected("listener " + listener.name + ": cannot listen on " +
@@ -123,11 +161,38 @@ void Server::onCheck(uv_check_t* handle) noexcept {
 void Server::onSignal(uv_signal_t* handle, int signal) noexcept {
   auto* server = static_cast<Server*>(handle->data);
   if (signal == SIGHUP) {
-    logging::warn("SIGHUP: configuration reload is not implemented yet; keeping the running "
-                  "configuration");
+    server->reloadCertificates();
     return;
   }
   server->beginDrain(signal == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+// SIGHUP: certificates and keys are read again; new handshakes use them, running sessions keep
+// theirs. A configuration that does not load leaves everything as it was.
+void Server::reloadCertificates() {
+  auto loaded = config::loadFile(config_.file);
+  std::vector<config::Diagnostic> problems;
+  if (!loaded) {
+    problems = loaded.error();
+  } else {
+    problems = tls::checkConfig(*loaded);
+  }
+  if (problems.empty() && tlsContext_ != nullptr) {
+    if (auto reloaded = loadTls(loaded->tls); !reloaded) {
+      problems.push_back({config_.file, {}, "tls", reloaded.error()});
+    }
+  }
+  if (!problems.empty()) {
+    for (const config::Diagnostic& problem : problems) {
+      logging::error("reload failed", {{"error", problem.text()}});
+    }
+    registry_.configReload(false);
+    return;
+  }
+  registry_.configReload(true);
+  logging::info("reloaded", {{"config", config_.file},
+                             {"certificates", std::to_string(config_.tls.certificates.size())},
+                             {"note", "certificates reloaded; other changes apply on restart"}});
 }
 
 // SPEC §9: stop accepting, let sessions finish for up to shutdown_grace, then close the rest.

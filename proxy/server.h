@@ -8,6 +8,7 @@
 #include "proxy/net/tcp_stream.h"
 #include "proxy/net/timer.h"
 #include "proxy/session/session.h"
+#include "tls/context.h"
 
 #include <uv.h>
 
@@ -45,6 +46,8 @@ private:
   void onSessionClosed(session::Session& session) override;
   void onTimer() override; // shutdown grace expired
   void beginDrain(const char* signalName);
+  void reloadCertificates();
+  std::expected<void, std::string> loadTls(const config::Tls& tls);
   void stopLoop();
   static void onSignal(uv_signal_t* handle, int signal) noexcept;
   static void onCheck(uv_check_t* handle) noexcept;
@@ -62,6 +65,8 @@ private:
   uv_signal_t sighup_{};
   uv_check_t reaper_{};
   net::Timer* graceTimer_ = nullptr;
+  std::shared_ptr<tls::TicketKeys> ticketKeys_;
+  std::shared_ptr<tls::ServerContext> tlsContext_; // what new TLS sessions use
   bool draining_ = false;
   bool stopped_ = false;
 };

@@ -13,6 +13,14 @@ namespace backend {
 Pool::Pool(const config::Backend& config, metrics::Registry& registry)
     : config_(config), balancer_(makeBalancer(config.balance)),
       metrics_(registry.backend(config.name)) {
+  if (config.tls != config::TlsMode::None) {
+    auto context = tls::ClientContext::create(config);
+    if (context) {
+      tlsContext_ = *context;
+    } else {
+      error_ = context.error();
+    }
+  }
   for (const config::ServerAddress& address : config.servers) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -29,9 +37,11 @@ Pool::Pool(const config::Backend& config, metrics::Registry& registry)
     }
     Server server;
     server.name = address.text();
+    server.host = address.host;
     std::memcpy(&server.address, result->ai_addr, result->ai_addrlen);
     server.addressText = net::formatAddress(server.address);
-    server.metrics = registry.server(config.name, server.name);
+    server.metrics =
+        registry.server(config.name, server.name, config.tls != config::TlsMode::None);
     freeaddrinfo(result);
     servers_.push_back(std::move(server));
   }

@@ -4,6 +4,7 @@
 #include "config/model.h"
 #include "metrics/metrics.h"
 #include "proxy/backend/balancer.h"
+#include "tls/context.h"
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@ namespace backend {
 
 struct Server {
   std::string name; // as configured ("imap-2.internal:143"), the metrics label
+  std::string host; // as configured: the TLS server name to send and verify
   sockaddr_storage address{};
   std::string addressText; // the resolved ip:port, for logs
   std::size_t active = 0;  // sessions using it now
@@ -34,11 +36,18 @@ public:
   // The server for a new connection attempt, or nullptr when none is left to try.
   Server* pick(const std::vector<const Server*>& tried);
 
+  // For `tls = "implicit"` pools: the context new backend connections are made with.
+  tls::ClientContext* tlsContext() { return tlsContext_.get(); }
+  // Set when the pool cannot work (its TLS context did not load).
+  const std::string& error() const { return error_; }
+
 private:
   config::Backend config_;
   std::vector<Server> servers_;
   std::unique_ptr<Balancer> balancer_;
   metrics::BackendMetrics metrics_;
+  std::shared_ptr<tls::ClientContext> tlsContext_;
+  std::string error_;
 };
 
 } // namespace backend

@@ -1,7 +1,10 @@
-// One client session: connect a backend server, then relay bytes both ways until either side ends.
+// One client session: TLS at accept when the listener says so, connect a backend server (over
+// TLS when the pool says so), then relay bytes both ways until either side ends.
 #include "proxy/session/session.h"
 
 #include "proxy/log.h"
+#include "proxy/net/tls_stream.h"
+#include "tls/engine.h"
 
 namespace session {
 
@@ -22,18 +25,63 @@ Session::~Session() {
 }
 
 bool Session::start(uv_stream_t* listening) {
-  client_ = net::TcpStream::accept(listening, &clientSide_);
-  if (client_ == nullptr) {
+  net::TcpStream* tcp = net::TcpStream::accept(listening, &clientSide_);
+  if (tcp == nullptr) {
     phase_ = Phase::Closed;
     return false;
   }
-  clientAddress_ = net::formatAddress(client_->peer());
+  client_ = tcp;
+  clientAddress_ = net::formatAddress(tcp->peer());
   timer_ = net::Timer::create(loop_, this);
   startedAt_ = timer_->now();
   lastActivity_ = startedAt_;
   listener_.metrics.accepted();
-  connectBackend();
+  if (listener_.config.tls == config::TlsMode::Implicit) {
+    startTls(tcp);
+  } else {
+    connectBackend();
+  }
   return true;
+}
+
+// Implicit TLS: the handshake comes first; the backend is only connected for a client that
+// completed it, so a port scan or plaintext on a TLS port never reaches a backend.
+void Session::startTls(net::TcpStream* tcp) {
+  phase_ = Phase::Handshaking;
+  tlsContext_ = *listener_.tls;
+  SSL* ssl = tlsContext_->newSsl(listener_.config.protocol);
+  if (ssl == nullptr) {
+    handshakeFailed("cannot create a TLS connection");
+    return;
+  }
+  timer_->start(listener_.config.limits.preauth_timeout);
+  auto* stream = net::TlsStream::wrap(tcp, tls::Engine::server(ssl), &clientSide_);
+  client_ = stream;
+  clientTls_ = &stream->engine();
+  stream->begin();
+}
+
+void Session::onClientSecured() {
+  if (phase_ != Phase::Handshaking) {
+    return;
+  }
+  timer_->stop();
+  tlsVersion_ = clientTls_->version();
+  tlsCipher_ = clientTls_->cipher();
+  listener_.metrics.tlsHandshakeOk(tlsVersion_,
+                                   static_cast<double>(timer_->now() - startedAt_) / 1000.0,
+                                   clientTls_->resumed());
+  // The client has nothing to say before the backend's greeting; it waits in the kernel.
+  client_->pauseReading();
+  phase_ = Phase::Connecting;
+  connectBackend();
+}
+
+void Session::handshakeFailed(const std::string& why) {
+  listener_.metrics.tlsHandshakeFailed(static_cast<double>(timer_->now() - startedAt_) / 1000.0);
+  logging::warn("TLS handshake failed",
+                {{"listener", listener_.config.name}, {"client", clientAddress_}, {"error", why}});
+  close(why == "timeout" ? metrics::CloseReason::Timeout : metrics::CloseReason::TlsError);
 }
 
 void Session::connectBackend() {
@@ -50,13 +98,11 @@ void Session::connectBackend() {
   connectStartedAt_ = timer_->now();
   timer_->start(listener_.pool->config().connect_timeout);
   int status = 0;
-  backend_ = net::TcpStream::connect(loop_, reinterpret_cast<const sockaddr*>(&server_->address),
-                                     &backendSide_, status);
+  backendTcp_ = net::TcpStream::connect(
+      loop_, reinterpret_cast<const sockaddr*>(&server_->address), &backendSide_, status);
+  backend_ = backendTcp_;
   if (backend_ == nullptr) {
-    logging::debug("backend connect failed", {{"listener", listener_.config.name},
-                                              {"server", server_->name},
-                                              {"error", uv_strerror(status)}});
-    backendFailed(metrics::BackendError::Refused);
+    backendFailed(metrics::BackendError::Refused, uv_strerror(status));
   }
 }
 
@@ -65,19 +111,22 @@ void Session::releaseBackend() {
     backend_->close();
     backend_ = nullptr;
   }
+  backendTcp_ = nullptr;
+  backendTls_ = nullptr;
   if (server_ != nullptr) {
     --server_->active;
     server_ = nullptr;
   }
 }
 
-// A connect or greeting failure before anything reached the client: try another server while
-// `retries` allows (SPEC §7), otherwise tell the client the service is unavailable.
-void Session::backendFailed(metrics::BackendError reason) {
+// A connect, TLS or greeting failure before anything reached the client: try another server
+// while `retries` allows (SPEC §7), otherwise tell the client the service is unavailable.
+void Session::backendFailed(metrics::BackendError reason, const std::string& detail) {
   logging::warn("backend failed", {{"listener", listener_.config.name},
                                    {"backend", listener_.pool->config().name},
                                    {"server", server_ != nullptr ? server_->name : "-"},
-                                   {"reason", metrics::toString(reason)}});
+                                   {"reason", metrics::toString(reason)},
+                                   {"error", detail}});
   if (server_ != nullptr) {
     server_->metrics.error(reason);
   }
@@ -94,11 +143,39 @@ void Session::backendFailed(metrics::BackendError reason) {
 void Session::onBackendConnected(int status) {
   if (status != 0) {
     backendFailed(status == UV_ETIMEDOUT ? metrics::BackendError::Timeout
-                                         : metrics::BackendError::Refused);
+                                         : metrics::BackendError::Refused,
+                  uv_strerror(status));
     return;
   }
-  if (int error = backend_->startReading(); error != 0) {
-    backendFailed(metrics::BackendError::Closed);
+  switch (listener_.pool->config().tls) {
+  case config::TlsMode::Implicit: {
+    SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
+    if (ssl == nullptr) {
+      backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
+      return;
+    }
+    auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
+    backend_ = stream;
+    backendTls_ = &stream->engine();
+    stream->begin();
+    return;
+  }
+  case config::TlsMode::StartTls:
+    // Never a silent fallback to plaintext (SPEC §4): until backend STARTTLS is implemented,
+    // such a pool cannot be used.
+    backendFailed(metrics::BackendError::Tls, "backend STARTTLS is not implemented yet");
+    return;
+  case config::TlsMode::None:
+    if (int error = backend_->startReading(); error != 0) {
+      backendFailed(metrics::BackendError::Closed, uv_strerror(error));
+    }
+    return;
+  }
+}
+
+void Session::onBackendSecured() {
+  if (server_ != nullptr && backendTls_ != nullptr) {
+    server_->metrics.certificateExpiry(static_cast<double>(backendTls_->peerCertificateExpiry()));
   }
 }
 
@@ -114,6 +191,9 @@ void Session::onBackendRead(std::span<const char> data) {
       close(metrics::CloseReason::ClientClosed);
       return;
     }
+    if (phase_ == Phase::Closed) {
+      return; // bytes the client sent early ended the session while being relayed
+    }
   }
   lastActivity_ = timer_->now();
   bytesOut_ += data.size();
@@ -123,12 +203,15 @@ void Session::onBackendRead(std::span<const char> data) {
     return;
   }
   // Backpressure: a client that does not read stops us reading its backend.
-  if (client_->pendingBytes() > net::TcpStream::kHighWater) {
+  if (client_->pendingBytes() > net::ByteStream::kHighWater) {
     backend_->pauseReading();
   }
 }
 
 void Session::onClientRead(std::span<const char> data) {
+  if (phase_ != Phase::Relaying) {
+    return;
+  }
   lastActivity_ = timer_->now();
   bytesIn_ += data.size();
   listener_.metrics.bytesToBackend(data.size());
@@ -136,7 +219,7 @@ void Session::onClientRead(std::span<const char> data) {
     close(metrics::CloseReason::BackendClosed);
     return;
   }
-  if (backend_->pendingBytes() > net::TcpStream::kHighWater) {
+  if (backend_->pendingBytes() > net::ByteStream::kHighWater) {
     client_->pauseReading();
   }
 }
@@ -156,17 +239,19 @@ void Session::onBackendDrained() {
 // Half-close: the side that finished sending has its FIN passed on once its bytes are through;
 // the session ends when both directions have finished.
 void Session::onClientEnd() {
-  clientEnded_ = true;
-  if (backend_ != nullptr) {
-    backend_->shutdownWrite();
+  if (phase_ != Phase::Relaying) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
   }
+  clientEnded_ = true;
+  backend_->shutdownWrite();
   finishIfBothEnded(backendEnded_ ? metrics::CloseReason::BackendClosed
                                   : metrics::CloseReason::ClientClosed);
 }
 
 void Session::onBackendEnd() {
   if (phase_ == Phase::Connecting) {
-    backendFailed(metrics::BackendError::Closed);
+    backendFailed(metrics::BackendError::Closed, "closed before the greeting");
     return;
   }
   backendEnded_ = true;
@@ -182,6 +267,17 @@ void Session::finishIfBothEnded(metrics::CloseReason reason) {
 }
 
 void Session::onClientError(int status) {
+  if (phase_ == Phase::Handshaking) {
+    handshakeFailed(status == net::kTlsFailure ? clientTls_->error() : uv_strerror(status));
+    return;
+  }
+  if (status == net::kTlsFailure) {
+    logging::info("TLS error", {{"listener", listener_.config.name},
+                                {"client", clientAddress_},
+                                {"error", clientTls_->error()}});
+    close(metrics::CloseReason::TlsError);
+    return;
+  }
   logging::debug("client connection error",
                  {{"listener", listener_.config.name}, {"error", uv_strerror(status)}});
   close(metrics::CloseReason::ClientClosed);
@@ -189,20 +285,31 @@ void Session::onClientError(int status) {
 
 void Session::onBackendError(int status) {
   if (phase_ == Phase::Connecting) {
-    backendFailed(metrics::BackendError::Closed);
+    if (status == net::kTlsFailure) {
+      backendFailed(metrics::BackendError::Tls,
+                    backendTls_ != nullptr ? backendTls_->error() : "TLS failure");
+    } else {
+      backendFailed(metrics::BackendError::Closed, uv_strerror(status));
+    }
     return;
   }
   logging::debug("backend connection error",
-                 {{"listener", listener_.config.name}, {"error", uv_strerror(status)}});
+                 {{"listener", listener_.config.name},
+                  {"error", status == net::kTlsFailure ? "TLS failure" : uv_strerror(status)}});
   close(metrics::CloseReason::BackendClosed);
 }
 
 void Session::onTimer() {
-  if (phase_ == Phase::Connecting) {
-    backendFailed(metrics::BackendError::Timeout);
+  switch (phase_) {
+  case Phase::Handshaking:
+    handshakeFailed("timeout");
     return;
-  }
-  if (phase_ != Phase::Relaying) {
+  case Phase::Connecting:
+    backendFailed(metrics::BackendError::Timeout, "no greeting within connect_timeout");
+    return;
+  case Phase::Relaying:
+    break;
+  case Phase::Closed:
     return;
   }
   std::uint64_t now = timer_->now();
@@ -234,8 +341,8 @@ void Session::close(metrics::CloseReason reason) {
   logging::access({{"listener", listener_.config.name},
                    {"protocol", listener_.protocol->name},
                    {"client", clientAddress_},
-                   {"tls_version", ""},
-                   {"tls_cipher", ""},
+                   {"tls_version", tlsVersion_},
+                   {"tls_cipher", tlsCipher_},
                    {"user", ""},
                    {"backend", backendAddress},
                    {"bytes_in", std::to_string(bytesIn_)},
@@ -247,6 +354,7 @@ void Session::close(metrics::CloseReason reason) {
     // Whatever postern itself said last ("* BYE ...") still goes out before the close.
     client_->closeAfterFlush();
     client_ = nullptr;
+    clientTls_ = nullptr;
   }
   timer_->close();
   timer_ = nullptr;

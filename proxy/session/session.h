@@ -1,14 +1,19 @@
-// One client session: connect a backend server, then relay bytes both ways until either side ends.
+// One client session: TLS at accept when the listener says so, connect a backend server (over
+// TLS when the pool says so), then relay bytes both ways until either side ends.
 #pragma once
 
 #include "config/model.h"
 #include "metrics/metrics.h"
 #include "proxy/backend/pool.h"
+#include "proxy/net/byte_stream.h"
 #include "proxy/net/tcp_stream.h"
 #include "proxy/net/timer.h"
 #include "proxy/protocol/registry.h"
+#include "tls/context.h"
+#include "tls/engine.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +27,9 @@ struct ListenerContext {
   backend::Pool* pool = nullptr;
   metrics::ListenerMetrics metrics;
   int port = 0;
+  // The client-facing TLS context new sessions use (replaced on reload; running sessions keep
+  // theirs). Null on plaintext listeners.
+  std::shared_ptr<tls::ServerContext>* tls = nullptr;
 };
 
 class Session;
@@ -37,7 +45,7 @@ protected:
 
 class Session final : private net::TimerHandler {
 public:
-  enum class Phase { Connecting, Relaying, Closed };
+  enum class Phase { Handshaking, Connecting, Relaying, Closed };
 
   Session(SessionOwner& owner, ListenerContext& listener, uv_loop_t* loop);
   ~Session();
@@ -60,6 +68,7 @@ private:
     Session& session;
     explicit ClientSide(Session& s) : session(s) {}
     void onConnected(int) override {}
+    void onSecured() override { session.onClientSecured(); }
     void onRead(std::span<const char> data) override { session.onClientRead(data); }
     void onEnd() override { session.onClientEnd(); }
     void onError(int status) override { session.onClientError(status); }
@@ -69,27 +78,32 @@ private:
     Session& session;
     explicit BackendSide(Session& s) : session(s) {}
     void onConnected(int status) override { session.onBackendConnected(status); }
+    void onSecured() override { session.onBackendSecured(); }
     void onRead(std::span<const char> data) override { session.onBackendRead(data); }
     void onEnd() override { session.onBackendEnd(); }
     void onError(int status) override { session.onBackendError(status); }
     void onDrained() override { session.onBackendDrained(); }
   };
 
+  void startTls(net::TcpStream* tcp);
   void connectBackend();
-  void backendFailed(metrics::BackendError reason);
+  void backendFailed(metrics::BackendError reason, const std::string& detail = "");
   void releaseBackend();
 
+  void onClientSecured();
   void onClientRead(std::span<const char> data);
   void onClientEnd();
   void onClientError(int status);
   void onClientDrained();
   void onBackendConnected(int status);
+  void onBackendSecured();
   void onBackendRead(std::span<const char> data);
   void onBackendEnd();
   void onBackendError(int status);
   void onBackendDrained();
   void onTimer() override;
 
+  void handshakeFailed(const std::string& why);
   void finishIfBothEnded(metrics::CloseReason reason);
 
   SessionOwner& owner_;
@@ -97,8 +111,12 @@ private:
   uv_loop_t* loop_;
   ClientSide clientSide_{*this};
   BackendSide backendSide_{*this};
-  net::TcpStream* client_ = nullptr;
-  net::TcpStream* backend_ = nullptr;
+  net::ByteStream* client_ = nullptr;
+  net::ByteStream* backend_ = nullptr;
+  net::TcpStream* backendTcp_ = nullptr; // the TCP under backend_, until it is connected
+  const tls::Engine* clientTls_ = nullptr; // for the access log; owned by the client stream
+  const tls::Engine* backendTls_ = nullptr;
+  std::shared_ptr<tls::ServerContext> tlsContext_; // keeps the context this session started with
   net::Timer* timer_ = nullptr;
   backend::Server* server_ = nullptr;
   std::vector<const backend::Server*> tried_;
@@ -111,6 +129,8 @@ private:
   bool clientEnded_ = false;
   bool backendEnded_ = false;
   std::string clientAddress_;
+  std::string tlsVersion_;
+  std::string tlsCipher_;
 };
 
 } // namespace session

@@ -1,0 +1,232 @@
+// TLS stacked on a TCP stream: the same ByteStream interface, over a tls::Engine. Usable at
+// accept (implicit TLS), in the middle of a plaintext session (STARTTLS) and towards backends.
+#include "proxy/net/tls_stream.h"
+
+namespace net {
+
+TlsStream::TlsStream(TcpStream* tcp, std::unique_ptr<tls::Engine> engine, StreamHandler* handler)
+    : tcp_(tcp), engine_(std::move(engine)), handler_(handler) {}
+
+TlsStream* TlsStream::wrap(TcpStream* tcp, std::unique_ptr<tls::Engine> engine,
+                           StreamHandler* handler) {
+  auto layer = std::make_unique<TlsStream>(tcp, std::move(engine), handler);
+  TlsStream* stream = layer.get();
+  tcp->setHandler(stream);
+  tcp->adopt(std::move(layer));
+  return stream;
+}
+
+void TlsStream::begin() {
+  // The handshake needs the socket read whatever the owner wants; plaintext waits for it.
+  if (int status = tcp_->startReading(); status != 0) {
+    onError(status);
+    return;
+  }
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  afterEngine(engine_->start(out));
+}
+
+// Sends whatever the last engine call produced. False when the stream died doing so.
+bool TlsStream::flush() {
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  if (out.empty()) {
+    return !closed_;
+  }
+  int status = tcp_->write(out);
+  out.clear();
+  if (out.capacity() > 64 * 1024) {
+    std::string().swap(out);
+  }
+  if (status != 0 && !closed_) {
+    closed_ = true;
+    if (handler_ != nullptr) {
+      handler_->onError(status);
+    }
+    return false;
+  }
+  return !closed_;
+}
+
+// Reports the end of the handshake once, before any plaintext, and sends what the owner wrote
+// while it was under way. False when the owner closed the stream meanwhile.
+bool TlsStream::noticeHandshake() {
+  if (!engine_->handshakeJustFinished()) {
+    return true;
+  }
+  if (!flush()) {
+    return false;
+  }
+  if (!early_.empty()) {
+    std::string early;
+    early.swap(early_);
+    if (write(early) != 0) {
+      return false;
+    }
+  }
+  if (handler_ != nullptr) {
+    handler_->onSecured();
+  }
+  return !closed_;
+}
+
+void TlsStream::afterEngine(tls::Engine::State state) {
+  if (!flush() || !noticeHandshake()) {
+    return;
+  }
+  if (!engine_->hasBuffered()) {
+    engine_->trim();
+  }
+  switch (state) {
+  case tls::Engine::State::Failed:
+    closed_ = true;
+    tcp_->pauseReading();
+    if (handler_ != nullptr) {
+      handler_->onError(kTlsFailure);
+    }
+    break;
+  case tls::Engine::State::Closed:
+    if (!ended_) {
+      ended_ = true;
+      tcp_->pauseReading();
+      if (handler_ != nullptr) {
+        handler_->onEnd();
+      }
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+void TlsStream::onRead(std::span<const char> ciphertext) {
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  afterEngine(engine_->receive(ciphertext, out, *this));
+}
+
+bool TlsStream::onPlaintext(std::span<const char> data) {
+  // Handshake bytes go out (and the owner hears of the handshake) before any data is handed on.
+  if (!flush() || !noticeHandshake() || closed_) {
+    return false;
+  }
+  if (handler_ != nullptr) {
+    handler_->onRead(data);
+  }
+  return !closed_ && !paused_;
+}
+
+void TlsStream::onEnd() {
+  if (closed_ || ended_) {
+    return;
+  }
+  ended_ = true;
+  if (handler_ == nullptr) {
+    return;
+  }
+  // A TCP end before the handshake finished is a failed handshake; after it, a truncation that
+  // mail protocols tolerate (their own dialogue says when the session is over).
+  if (engine_->state() == tls::Engine::State::Handshaking) {
+    closed_ = true;
+    handler_->onError(kTlsFailure);
+    return;
+  }
+  handler_->onEnd();
+}
+
+void TlsStream::onError(int status) {
+  if (closed_) {
+    return;
+  }
+  closed_ = true;
+  if (handler_ != nullptr) {
+    handler_->onError(status);
+  }
+}
+
+void TlsStream::onDrained() {
+  if (handler_ != nullptr && !closed_) {
+    handler_->onDrained();
+  }
+}
+
+int TlsStream::startReading() {
+  if (closed_) {
+    return UV_EPIPE;
+  }
+  paused_ = false;
+  if (engine_->hasBuffered()) {
+    process();
+    if (closed_ || paused_) {
+      return 0;
+    }
+  }
+  return ended_ ? 0 : tcp_->startReading();
+}
+
+void TlsStream::process() {
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  afterEngine(engine_->resume(out, *this));
+}
+
+void TlsStream::pauseReading() {
+  paused_ = true;
+  // During the handshake the socket stays read: the handshake is postern's business.
+  if (engine_->state() != tls::Engine::State::Handshaking) {
+    tcp_->pauseReading();
+  }
+}
+
+int TlsStream::write(std::span<const char> data) {
+  if (closed_) {
+    return UV_EPIPE;
+  }
+  if (engine_->state() == tls::Engine::State::Handshaking) {
+    early_.append(data.data(), data.size());
+    return 0;
+  }
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  if (engine_->send(data, out) == tls::Engine::State::Failed) {
+    out.clear();
+    return kTlsFailure;
+  }
+  int status = 0;
+  if (!out.empty()) {
+    status = tcp_->write(out);
+    out.clear();
+  }
+  return status;
+}
+
+void TlsStream::shutdownWrite() {
+  if (closed_) {
+    return;
+  }
+  std::string& out = loopContext(tcp_->loop()).tlsOutput;
+  engine_->shutdown(out);
+  if (!out.empty()) {
+    tcp_->write(out);
+    out.clear();
+  }
+  tcp_->shutdownWrite();
+}
+
+void TlsStream::close() {
+  handler_ = nullptr;
+  closed_ = true;
+  tcp_->close(); // frees this stream too, in the TCP close callback
+}
+
+void TlsStream::closeAfterFlush() {
+  handler_ = nullptr;
+  if (!closed_) {
+    std::string& out = loopContext(tcp_->loop()).tlsOutput;
+    engine_->shutdown(out);
+    if (!out.empty()) {
+      tcp_->write(out);
+      out.clear();
+    }
+  }
+  closed_ = true;
+  tcp_->closeAfterFlush();
+}
+
+} // namespace net
