@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config
   libuv1-dev libssl-dev libtomlplusplus-dev prometheus-cpp-dev libgtest-dev
   dovecot-core dovecot-imapd dovecot-pop3d postfix
-  curl openssl python3 swaks procps prometheus
+  curl openssl python3 swaks procps prometheus testssl.sh
 )
 
 missing=()

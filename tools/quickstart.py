@@ -6,6 +6,7 @@ import imaplib
 import os
 import poplib
 import smtplib
+import ssl
 import sys
 import time
 import uuid
@@ -13,9 +14,11 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402
+import pki  # noqa: E402
 from harness import DOMAIN, PASSWORD, USER  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "deploy", "quickstart", "postern.toml")
+CERTS = os.path.join(ROOT, "deploy", "quickstart", "certs")
 BACKEND_PORTS = {"imap": 11143, "pop3": 11110, "smtp": 11025, "submission": 11587}
 
 
@@ -23,31 +26,41 @@ def say(text):
     print(text, flush=True)
 
 
-def imap_session(postern, listener):
+def tls_context():
+    return ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+
+
+def imap_session(postern, listener, tls=False):
     host, port = postern.address(listener)
-    with imaplib.IMAP4(host, port) as imap:
+    connect = (lambda: imaplib.IMAP4_SSL(host, port, ssl_context=tls_context())) if tls else (
+        lambda: imaplib.IMAP4(host, port))
+    with connect() as imap:
+        version = imap.sock.version() if tls else None
         imap.login(USER, PASSWORD)
         _, data = imap.select("INBOX", readonly=True)
         _, subjects = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         found = [s[1].decode().strip() for s in subjects if isinstance(s, tuple)]
         imap.logout()
-    return f"logged in as {USER}, {int(data[0])} messages: {'; '.join(found)}"
+    over = f" over {version}" if version else ""
+    return f"logged in as {USER}{over}, {int(data[0])} messages: {'; '.join(found)}"
 
 
-def pop3_session(postern, listener):
+def pop3_session(postern, listener, tls=False):
     host, port = postern.address(listener)
-    pop = poplib.POP3(host, port)
+    pop = poplib.POP3_SSL(host, port, context=tls_context()) if tls else poplib.POP3(host, port)
     pop.user(USER)
     pop.pass_(PASSWORD)
     count, size = pop.stat()
     pop.quit()
-    return f"logged in as {USER}, {count} messages, {size} bytes"
+    return f"logged in as {USER}{' over TLS' if tls else ''}, {count} messages, {size} bytes"
 
 
-def smtp_session(postern, listener, servers, login=False):
+def smtp_session(postern, listener, servers, login=False, tls=False):
     host, port = postern.address(listener)
     subject = f"quickstart via {listener} {uuid.uuid4().hex[:8]}"
-    with smtplib.SMTP(host, port) as smtp:
+    connect = (lambda: smtplib.SMTP_SSL(host, port, context=tls_context())) if tls else (
+        lambda: smtplib.SMTP(host, port))
+    with connect() as smtp:
         smtp.ehlo("quickstart.example.test")
         if login:
             smtp.login(USER, PASSWORD)
@@ -63,6 +76,9 @@ def smtp_session(postern, listener, servers, login=False):
 
 def main():
     keep = "--keep" in sys.argv
+    if not pki.Pki(CERTS).exists():
+        say(f"== making a throw-away test CA and certificates in {os.path.relpath(CERTS, ROOT)}")
+    pki.Pki(CERTS).create()
     say(f"== starting Dovecot and Postfix on 127.0.0.1 ports {sorted(BACKEND_PORTS.values())}")
     servers = harness.MailServers(ports=BACKEND_PORTS).start()
     postern = None
@@ -79,6 +95,9 @@ def main():
             ("smtp", lambda: smtp_session(postern, "smtp", servers)),
             ("smtp-alt", lambda: smtp_session(postern, "smtp-alt", servers)),
             ("submission", lambda: smtp_session(postern, "submission", servers, login=True)),
+            ("imaps", lambda: imap_session(postern, "imaps", tls=True)),
+            ("pop3s", lambda: pop3_session(postern, "pop3s", tls=True)),
+            ("smtps", lambda: smtp_session(postern, "smtps", servers, login=True, tls=True)),
         ]
         failed = 0
         for name, run in sessions:

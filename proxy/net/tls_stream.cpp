@@ -17,7 +17,8 @@ TlsStream* TlsStream::wrap(TcpStream* tcp, std::unique_ptr<tls::Engine> engine,
 }
 
 void TlsStream::begin() {
-  // The handshake needs the socket read whatever the owner wants; plaintext waits for it.
+  // The handshake needs the socket read; plaintext flows to the owner unless it pauses.
+  paused_ = false;
   if (int status = tcp_->startReading(); status != 0) {
     onError(status);
     return;
@@ -108,6 +109,12 @@ bool TlsStream::onPlaintext(std::span<const char> data) {
   if (!flush() || !noticeHandshake() || closed_) {
     return false;
   }
+  if (paused_) {
+    // The owner paused while hearing of the handshake (it wants a backend first), but these
+    // bytes were decrypted in the same read: keep them for startReading().
+    held_.append(data.data(), data.size());
+    return false;
+  }
   if (handler_ != nullptr) {
     handler_->onRead(data);
   }
@@ -153,6 +160,16 @@ int TlsStream::startReading() {
     return UV_EPIPE;
   }
   paused_ = false;
+  if (!held_.empty()) {
+    std::string held;
+    held.swap(held_);
+    if (handler_ != nullptr) {
+      handler_->onRead(held);
+    }
+    if (closed_ || paused_) {
+      return 0;
+    }
+  }
   if (engine_->hasBuffered()) {
     process();
     if (closed_ || paused_) {

@@ -58,6 +58,7 @@ private:
   std::unique_ptr<tls::Engine> engine_;
   StreamHandler* handler_;
   std::string early_; // plaintext written before the handshake finished
+  std::string held_;  // plaintext decrypted while the owner had paused reading
   bool paused_ = true;
   bool closed_ = false;
   bool ended_ = false;

@@ -70,10 +70,17 @@ MESSAGES = [
 class MailServers:
     """One Dovecot (IMAP + POP3, plaintext) and one Postfix (SMTP) on 127.0.0.1 high ports."""
 
-    def __init__(self, host="127.0.0.1", ports=None):
-        """`ports` pins imap/pop3/smtp/submission ports (the quickstart does); else free ones."""
+    def __init__(self, host="127.0.0.1", ports=None, pki=None):
+        """`ports` pins imap/pop3/smtp/submission ports (the quickstart does); else free ones.
+        With `pki` the servers insist on TLS: Dovecot has ssl = required and implicit-TLS
+        imaps/pop3s ports, Postfix an smtps (wrapper mode) port, all with the backend
+        certificate."""
         ports = ports or {}
         self.host = host
+        self.pki = pki
+        self.imaps_port = free_port(host) if pki else 0
+        self.pop3s_port = free_port(host) if pki else 0
+        self.smtps_port = free_port(host) if pki else 0
         self.run = tempfile.mkdtemp(prefix="postern-mail-")
         os.chmod(self.run, 0o755)
         self.imap_port = ports.get("imap") or free_port(host)
@@ -125,8 +132,7 @@ state_dir = {self.run}/dovecot-state
 instance_name = postern-test-{os.path.basename(self.run)}
 log_path = {self.dovecot_log}
 info_log_path = {self.dovecot_log}
-ssl = no
-disable_plaintext_auth = no
+{self._dovecot_ssl()}
 auth_mechanisms = plain login
 auth_verbose = yes
 mail_location = maildir:~/Maildir
@@ -148,7 +154,8 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.imaps_port}
+    ssl = yes
   }}
 }}
 service pop3-login {{
@@ -156,7 +163,8 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {self.pop3s_port}
+    ssl = yes
   }}
 }}
 service auth {{
@@ -170,6 +178,16 @@ service auth {{
                                             stdout=subprocess.DEVNULL, stderr=stderr)
         wait_for_port(self.host, self.imap_port, process=self.dovecot, log=self.dovecot_log)
         wait_for_port(self.host, self.pop3_port, process=self.dovecot, log=self.dovecot_log)
+        if self.pki:
+            wait_for_port(self.host, self.imaps_port, process=self.dovecot, log=self.dovecot_log)
+            wait_for_port(self.host, self.pop3s_port, process=self.dovecot, log=self.dovecot_log)
+
+    def _dovecot_ssl(self):
+        if not self.pki:
+            return "ssl = no\ndisable_plaintext_auth = no"
+        return (f"ssl = required\nssl_cert = <{self.pki.path('backend.pem')}\n"
+                f"ssl_key = <{self.pki.path('backend.key')}\nssl_min_protocol = TLSv1.2\n"
+                "disable_plaintext_auth = yes")
 
     # --- Postfix -------------------------------------------------------------------------
     def start_postfix(self):
@@ -194,7 +212,7 @@ myhostname = mail.{DOMAIN}
 mydomain = {DOMAIN}
 myorigin = {DOMAIN}
 mydestination =
-inet_interfaces = {self.host}
+inet_interfaces = all
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_banner = $myhostname ESMTP Postfix
@@ -213,7 +231,7 @@ biff = no
 maillog_file = {self.postfix_log}
 maillog_file_prefixes = {self.run}
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
-""")
+{self._postfix_tls()}""")
         with open(os.path.join(d, "master.cf"), "w") as f:
             f.write(f"""
 {self.host}:{self.smtp_port} inet n - n - - smtpd
@@ -244,7 +262,8 @@ virtual   unix  - n n - - virtual
 anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
-""")
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+{self._postfix_smtps()}""")
         with open(os.path.join(self.run, "postfix.stderr"), "w") as log:
             subprocess.run(["postfix", "-c", d, "check"], stdout=log, stderr=log, check=False)
             self.postfix = subprocess.Popen(["postfix", "-c", d, "start-fg"], stdout=log,
@@ -254,6 +273,22 @@ postlog   unix-dgram n - n - 1 postlogd
                       log=os.path.join(self.run, "postfix.stderr"))
         wait_for_port(self.host, self.submission_port, process=self.postfix,
                       log=os.path.join(self.run, "postfix.stderr"))
+        if self.pki:
+            wait_for_port(self.host, self.smtps_port, process=self.postfix,
+                          log=os.path.join(self.run, "postfix.stderr"))
+
+    def _postfix_tls(self):
+        if not self.pki:
+            return ""
+        return (f"smtpd_tls_cert_file = {self.pki.path('backend.pem')}\n"
+                f"smtpd_tls_key_file = {self.pki.path('backend.key')}\n"
+                "smtpd_tls_security_level = may\n")
+
+    def _postfix_smtps(self):
+        if not self.pki:
+            return ""
+        return (f"{self.host}:{self.smtps_port} inet n - n - - smtpd\n"
+                "  -o smtpd_tls_wrappermode=yes\n  -o smtpd_tls_security_level=encrypt\n")
 
     def start(self):
         try:

@@ -64,7 +64,8 @@ class Pki:
         self._server("mail-ecdsa", MAIN_NAMES, "ecdsa", days=30)
         self._server("mail-rsa", MAIN_NAMES, "rsa", days=29)
         self._server("other", "DNS:other.example.test", "ecdsa", days=20)
-        self._server("backend", "DNS:backend.example.test,IP:127.0.0.1", "ecdsa", days=25)
+        self._server("backend", "DNS:backend.example.test,IP:127.0.0.1,IP:127.0.0.3", "ecdsa",
+                     days=25)
         self._issue("client", "/CN=test client",
                     "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                     "extendedKeyUsage=clientAuth\n")

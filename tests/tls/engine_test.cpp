@@ -1,0 +1,190 @@
+// The TLS engine without sockets: two engines talk through strings, fed in every chunk size.
+#include "tls/context.h"
+#include "tls/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace tls {
+namespace {
+
+struct Collect final : PlaintextSink {
+  std::string data;
+  std::size_t stopAfter = SIZE_MAX; // stop after this many deliveries
+  std::size_t deliveries = 0;
+  bool onPlaintext(std::span<const char> bytes) override {
+    data.append(bytes.data(), bytes.size());
+    return ++deliveries < stopAfter;
+  }
+};
+
+class EngineTest : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("postern-engine-test-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    std::string d = dir_.string();
+    std::string script =
+        "cd " + d +
+        " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 5 "
+        "-subj '/CN=test CA' -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE "
+        "2>/dev/null"
+        " && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        "-subj /CN=mail.example.test -keyout mail.key -out mail.csr 2>/dev/null"
+        " && printf 'subjectAltName=DNS:mail.example.test\\n' > mail.ext"
+        " && openssl x509 -req -in mail.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 5 "
+        "-extfile mail.ext -out mail.pem 2>/dev/null";
+    ASSERT_EQ(std::system(script.c_str()), 0);
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+
+  void SetUp() override {
+    config::Tls tlsConfig;
+    tlsConfig.certificates.push_back(
+        {(dir_ / "mail.pem").string(), (dir_ / "mail.key").string(), ""});
+    auto server = ServerContext::create(tlsConfig, makeTicketKeys(std::chrono::hours(1)));
+    ASSERT_TRUE(server.has_value()) << server.error();
+    serverContext_ = *server;
+    config::Backend backendConfig;
+    backendConfig.name = "test";
+    backendConfig.ca_file = (dir_ / "ca.pem").string();
+    auto client = ClientContext::create(backendConfig);
+    ASSERT_TRUE(client.has_value()) << client.error();
+    clientContext_ = *client;
+  }
+
+  // Moves bytes between the two engines in chunks of `chunk` until neither has anything to say.
+  void converse(Engine& client, Engine& server, std::string& toServer, std::string& toClient,
+                Collect& atClient, Collect& atServer, std::size_t chunk) {
+    for (int rounds = 0; rounds < 1000 && (!toServer.empty() || !toClient.empty()); ++rounds) {
+      std::string batch;
+      batch.swap(toServer);
+      for (std::size_t i = 0; i < batch.size(); i += chunk) {
+        server.receive(std::span(batch).subspan(i, std::min(chunk, batch.size() - i)), toClient,
+                       atServer);
+      }
+      batch.clear();
+      batch.swap(toClient);
+      for (std::size_t i = 0; i < batch.size(); i += chunk) {
+        client.receive(std::span(batch).subspan(i, std::min(chunk, batch.size() - i)), toServer,
+                       atClient);
+      }
+    }
+  }
+
+  static std::filesystem::path dir_;
+  std::shared_ptr<ServerContext> serverContext_;
+  std::shared_ptr<ClientContext> clientContext_;
+};
+
+std::filesystem::path EngineTest::dir_;
+
+TEST_F(EngineTest, HandshakeAndDataInEveryChunkSize) {
+  for (std::size_t chunk : {1u, 2u, 5u, 7u, 100u, 1500u, 100000u}) {
+    auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+    auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
+    std::string toServer;
+    std::string toClient;
+    Collect atClient;
+    Collect atServer;
+    EXPECT_EQ(client->start(toServer), Engine::State::Handshaking);
+    ASSERT_FALSE(toServer.empty()) << "a client starts with its ClientHello";
+    converse(*client, *server, toServer, toClient, atClient, atServer, chunk);
+    ASSERT_EQ(server->state(), Engine::State::Open) << "chunk " << chunk << server->error();
+    ASSERT_EQ(client->state(), Engine::State::Open) << client->error();
+    EXPECT_TRUE(server->handshakeJustFinished());
+    EXPECT_FALSE(server->handshakeJustFinished()) << "reported once";
+    EXPECT_EQ(server->version(), "TLSv1.3");
+    EXPECT_FALSE(server->cipher().empty());
+
+    std::string greeting = "* OK ready\r\n";
+    ASSERT_EQ(server->send(greeting, toClient), Engine::State::Open);
+    std::string upload(70000, 'u');
+    ASSERT_EQ(client->send(upload, toServer), Engine::State::Open);
+    converse(*client, *server, toServer, toClient, atClient, atServer, chunk);
+    EXPECT_EQ(atClient.data, greeting);
+    EXPECT_EQ(atServer.data, upload);
+    EXPECT_FALSE(server->hasBuffered());
+  }
+}
+
+TEST_F(EngineTest, SinkThatStopsKeepsTheRestForResume) {
+  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Pop3));
+  auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
+  std::string toServer;
+  std::string toClient;
+  Collect atClient;
+  Collect atServer;
+  client->start(toServer);
+  converse(*client, *server, toServer, toClient, atClient, atServer, 4096);
+  ASSERT_EQ(server->state(), Engine::State::Open);
+  // Three records from the client; the server's sink takes only one per call.
+  for (const char* line : {"USER a\r\n", "PASS b\r\n", "STAT\r\n"}) {
+    client->send(std::string_view(line), toServer);
+  }
+  atServer.stopAfter = 1;
+  server->receive(toServer, toClient, atServer);
+  EXPECT_EQ(atServer.data, "USER a\r\n");
+  EXPECT_TRUE(server->hasBuffered());
+  atServer.deliveries = 0;
+  server->resume(toClient, atServer);
+  EXPECT_EQ(atServer.data, "USER a\r\nPASS b\r\n");
+  atServer.deliveries = 0;
+  atServer.stopAfter = SIZE_MAX;
+  server->resume(toClient, atServer);
+  EXPECT_EQ(atServer.data, "USER a\r\nPASS b\r\nSTAT\r\n");
+  EXPECT_FALSE(server->hasBuffered());
+}
+
+TEST_F(EngineTest, CloseNotifyEndsTheStream) {
+  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Smtp));
+  auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
+  std::string toServer;
+  std::string toClient;
+  Collect atClient;
+  Collect atServer;
+  client->start(toServer);
+  converse(*client, *server, toServer, toClient, atClient, atServer, 4096);
+  client->shutdown(toServer);
+  EXPECT_EQ(server->receive(toServer, toClient, atServer), Engine::State::Closed);
+}
+
+TEST_F(EngineTest, PlaintextOnATlsPortFails) {
+  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+  std::string out;
+  Collect sink;
+  EXPECT_EQ(server->receive(std::string_view("a1 CAPABILITY\r\n"), out, sink),
+            Engine::State::Failed);
+  EXPECT_FALSE(server->error().empty());
+  EXPECT_EQ(server->version(), "");
+  EXPECT_TRUE(sink.data.empty());
+}
+
+TEST_F(EngineTest, WrongServerNameFailsVerification) {
+  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+  auto client = Engine::client(clientContext_->newSsl("other.example.test"));
+  std::string toServer;
+  std::string toClient;
+  Collect atClient;
+  Collect atServer;
+  client->start(toServer);
+  converse(*client, *server, toServer, toClient, atClient, atServer, 4096);
+  EXPECT_EQ(client->state(), Engine::State::Failed);
+  EXPECT_NE(client->error().find("certificate verify failed"), std::string::npos)
+      << client->error();
+}
+
+TEST(AlpnIds, FollowTheIanaRegistry) {
+  EXPECT_STREQ(alpnId(config::Protocol::Imap), "imap");
+  EXPECT_STREQ(alpnId(config::Protocol::Pop3), "pop3");
+  EXPECT_STREQ(alpnId(config::Protocol::Smtp), "smtp");
+}
+
+} // namespace
+} // namespace tls
