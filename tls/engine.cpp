@@ -101,7 +101,7 @@ private:
 Engine::Engine(SSL* ssl, bool server) : ssl_(ssl), io_(std::make_unique<Io>()) {
   BIO* bio = BIO_new(bioMethod());
   BIO_set_data(bio, io_.get());
-  BIO_up_ref(bio);
+  // One BIO for both directions: SSL_set_bio takes the single reference.
   SSL_set_bio(ssl_, bio, bio);
   if (server) {
     SSL_set_accept_state(ssl_);
