@@ -46,6 +46,8 @@ struct ListenerMetrics::Series {
   prometheus::Counter* handshakesFailed;
   prometheus::Histogram* handshakeDuration;
   prometheus::Counter* resumed;
+  std::array<std::array<prometheus::Counter*, kStartTlsResults>, 2> startTls;
+  std::string name;
 };
 
 struct BackendMetrics::Series {
@@ -91,6 +93,14 @@ void ListenerMetrics::tlsHandshakeOk(const std::string& version, double seconds,
 void ListenerMetrics::tlsHandshakeFailed(double seconds) {
   series_->handshakesFailed->Increment();
   series_->handshakeDuration->Observe(seconds);
+}
+
+void ListenerMetrics::startTls(StartTlsSide side, StartTlsResult result) {
+  series_->startTls[static_cast<int>(side)][static_cast<int>(result)]->Increment();
+}
+
+void ListenerMetrics::auth(const char* mechanism, AuthResult result) {
+  registry_->countAuth(series_->name, mechanism, result);
 }
 
 void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
@@ -199,6 +209,16 @@ struct Registry::Impl {
           .Name("postern_config_reloads_total")
           .Help("Configuration and certificate reloads (SIGHUP), by result.")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& startTls =
+      prometheus::BuildCounter()
+          .Name("postern_starttls_total")
+          .Help("STARTTLS upgrades by side (client, backend) and result.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& auth =
+      prometheus::BuildCounter()
+          .Name("postern_auth_total")
+          .Help("Authentication attempts seen or refused by postern, by mechanism and result.")
+          .Register(*registry);
   std::vector<prometheus::Gauge*> certificateGauges;
 
   // Series handles point into the families; the deques keep their own storage stable.
@@ -247,6 +267,16 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
       &impl_->bytes.Add({{"listener", name}, {"direction", "client_to_backend"}});
   series.bytesToClient =
       &impl_->bytes.Add({{"listener", name}, {"direction", "backend_to_client"}});
+  series.name = name;
+  static constexpr const char* kSides[] = {"client", "backend"};
+  static constexpr const char* kResults[] = {"ok", "refused", "injection_rejected",
+                                             "handshake_failed"};
+  for (int side = 0; side < 2; ++side) {
+    for (int result = 0; result < kStartTlsResults; ++result) {
+      series.startTls[side][result] = &impl_->startTls.Add(
+          {{"listener", name}, {"side", kSides[side]}, {"result", kResults[result]}});
+    }
+  }
   if (tls != "none") {
     series.handshakesOk12 = &impl_->handshakes.Add(
         {{"listener", name}, {"result", "ok"}, {"version", "TLSv1.2"}});
@@ -260,7 +290,17 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
   }
   ListenerMetrics handle;
   handle.series_ = &series;
+  handle.registry_ = this;
   return handle;
+}
+
+void Registry::countAuth(const std::string& listener, const char* mechanism, AuthResult result) {
+  static constexpr const char* kResults[] = {"ok", "failed", "refused_plaintext", "throttled"};
+  impl_->auth
+      .Add({{"listener", listener},
+            {"mechanism", mechanism},
+            {"result", kResults[static_cast<int>(result)]}})
+      .Increment();
 }
 
 BackendMetrics Registry::backend(const std::string& name) {

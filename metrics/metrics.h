@@ -23,6 +23,12 @@ inline constexpr int kCloseReasons = 7;
 enum class RejectReason { MaxConnections, PerIpLimit, RateLimit, ProxyHeader, Draining };
 inline constexpr int kRejectReasons = 5;
 
+enum class StartTlsSide { Client, Backend };
+enum class StartTlsResult { Ok, Refused, InjectionRejected, HandshakeFailed };
+inline constexpr int kStartTlsResults = 4;
+
+enum class AuthResult { Ok, Failed, RefusedPlaintext, Throttled };
+
 enum class BackendError { Refused, Timeout, Tls, Greeting, Closed };
 inline constexpr int kBackendErrors = 5;
 
@@ -43,11 +49,15 @@ public:
   // A finished client-side handshake: `version` as OpenSSL names it ("TLSv1.3").
   void tlsHandshakeOk(const std::string& version, double seconds, bool resumed);
   void tlsHandshakeFailed(double seconds);
+  void startTls(StartTlsSide side, StartTlsResult result);
+  // `mechanism` comes from a fixed set of labels (protocol::mechanismLabel).
+  void auth(const char* mechanism, AuthResult result);
 
 private:
   friend class Registry;
   struct Series;
   Series* series_ = nullptr;
+  Registry* registry_ = nullptr;
 };
 
 // Per-backend-pool and per-server series.
@@ -97,6 +107,8 @@ public:
   };
   void setCertificates(const std::vector<Certificate>& certificates);
   void configReload(bool ok);
+
+  void countAuth(const std::string& listener, const char* mechanism, AuthResult result);
 
   // The text exposition, as /metrics serves it (for tests and diagnostics).
   std::string render() const;

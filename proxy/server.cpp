@@ -49,11 +49,6 @@ std::expected<void, std::string> Server::start() {
   }
   bool needsTls = false;
   for (const config::Listener& listener : config_.listeners) {
-    if (listener.tls == config::TlsMode::StartTls) {
-      return std::unexpected("listener " + listener.name +
-                             ": tls = \"starttls\" is not supported by this version yet; use "
-                             "\"implicit\" or \"none\"");
-    }
     needsTls = needsTls || listener.tls != config::TlsMode::None;
   }
   if (needsTls) {

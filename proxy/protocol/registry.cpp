@@ -1,6 +1,8 @@
 // The protocols postern speaks, as a table: names and the lines postern itself says in each.
 #include "proxy/protocol/registry.h"
 
+#include "proxy/protocol/line_reader.h"
+
 #include <array>
 
 namespace protocol {
@@ -11,13 +13,13 @@ namespace {
 std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
-      {config::Protocol::Pop3, "pop3", "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
+      {config::Protocol::Pop3, "pop3", makePop3Filter, "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
        "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
        "-ERR [SYS/TEMP] Server shutting down\r\n"},
-      {config::Protocol::Imap, "imap", "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
+      {config::Protocol::Imap, "imap", makeImapFilter, "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
        "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
        "* BYE [UNAVAILABLE] Server shutting down\r\n"},
-      {config::Protocol::Smtp, "smtp",
+      {config::Protocol::Smtp, "smtp", makeSmtpFilter,
        "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
        "421 4.7.0 " + host + " Too many connections, try again later\r\n",
        "421 4.3.2 " + host + " Server shutting down, closing channel\r\n"},
@@ -30,6 +32,18 @@ std::array<ProtocolInfo, 3>& table() {
 }
 
 } // namespace
+
+const char* mechanismLabel(std::string_view name) {
+  static constexpr const char* kKnown[] = {"plain",       "login",       "xoauth2", "oauthbearer",
+                                           "cram-md5",    "scram-sha-1", "scram-sha-256",
+                                           "user",        "pass",        "apop"};
+  for (const char* known : kKnown) {
+    if (equalsNoCase(name, known)) {
+      return known;
+    }
+  }
+  return name.empty() ? "none" : "other";
+}
 
 void initialiseRegistry(std::string_view hostname) { table() = makeTable(hostname); }
 

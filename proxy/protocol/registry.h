@@ -2,7 +2,9 @@
 #pragma once
 
 #include "config/model.h"
+#include "proxy/protocol/filter.h"
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -11,6 +13,7 @@ namespace protocol {
 struct ProtocolInfo {
   config::Protocol protocol;
   const char* name;
+  std::unique_ptr<Filter> (*makeFilter)(const Policy& policy);
   // Said to a client when no backend server can be reached (SPEC §7).
   std::string unavailable;
   // Said to a client refused by a connection limit (SPEC §8).

@@ -31,7 +31,14 @@ bool Session::start(uv_stream_t* listening) {
     return false;
   }
   client_ = tcp;
+  clientTcp_ = tcp;
   clientAddress_ = net::formatAddress(tcp->peer());
+  protocol::Policy policy;
+  policy.listenerTls = listener_.config.tls;
+  policy.requireTls = listener_.config.require_tls;
+  policy.allowAuth = listener_.config.allow_auth;
+  policy.maxLineLength = listener_.config.limits.max_line_length;
+  filter_ = listener_.protocol->makeFilter(policy);
   timer_ = net::Timer::create(loop_, this);
   startedAt_ = timer_->now();
   lastActivity_ = startedAt_;
@@ -62,6 +69,21 @@ void Session::startTls(net::TcpStream* tcp) {
 }
 
 void Session::onClientSecured() {
+  if (clientUpgrading_) {
+    // STARTTLS finished: the dialogue goes on inside TLS, with what was learned forgotten.
+    clientUpgrading_ = false;
+    tlsVersion_ = clientTls_->version();
+    tlsCipher_ = clientTls_->cipher();
+    listener_.metrics.tlsHandshakeOk(
+        tlsVersion_, static_cast<double>(timer_->now() - upgradeStartedAt_) / 1000.0,
+        clientTls_->resumed());
+    listener_.metrics.startTls(metrics::StartTlsSide::Client, metrics::StartTlsResult::Ok);
+    if (filter_ != nullptr) {
+      filter_->tlsStarted(output_);
+      apply(output_);
+    }
+    return;
+  }
   if (phase_ != Phase::Handshaking) {
     return;
   }
@@ -198,6 +220,11 @@ void Session::onBackendRead(std::span<const char> data) {
   lastActivity_ = timer_->now();
   bytesOut_ += data.size();
   listener_.metrics.bytesToClient(data.size());
+  if (filter_ != nullptr) {
+    filter_->fromBackend(data, output_);
+    apply(output_);
+    return;
+  }
   if (client_->write(data) != 0) {
     close(metrics::CloseReason::ClientClosed);
     return;
@@ -215,6 +242,11 @@ void Session::onClientRead(std::span<const char> data) {
   lastActivity_ = timer_->now();
   bytesIn_ += data.size();
   listener_.metrics.bytesToBackend(data.size());
+  if (filter_ != nullptr) {
+    filter_->fromClient(data, output_);
+    apply(output_);
+    return;
+  }
   if (backend_->write(data) != 0) {
     close(metrics::CloseReason::BackendClosed);
     return;
@@ -222,6 +254,76 @@ void Session::onClientRead(std::span<const char> data) {
   if (backend_->pendingBytes() > net::ByteStream::kHighWater) {
     client_->pauseReading();
   }
+}
+
+void Session::apply(protocol::Output& out) {
+  for (const protocol::EventRecord& record : out.events) {
+    switch (record.event) {
+    case protocol::Event::StartTlsRefused:
+      listener_.metrics.startTls(metrics::StartTlsSide::Client, metrics::StartTlsResult::Refused);
+      break;
+    case protocol::Event::StartTlsInjection:
+      listener_.metrics.startTls(metrics::StartTlsSide::Client,
+                                 metrics::StartTlsResult::InjectionRejected);
+      logging::warn("STARTTLS command injection refused",
+                    {{"listener", listener_.config.name}, {"client", clientAddress_}});
+      break;
+    case protocol::Event::AuthRefusedPlaintext:
+      listener_.metrics.auth(record.mechanism, metrics::AuthResult::RefusedPlaintext);
+      break;
+    case protocol::Event::StartTlsOk:     // counted when the handshake finishes
+    case protocol::Event::Authenticated:  // passthrough: the backend's verdict is relayed as is
+      break;
+    }
+  }
+  bool startTls = out.startTls;
+  bool closeNow = out.close;
+  bool relayOnly = out.relayOnly;
+  int backendStatus = out.toBackend.empty() ? 0 : backend_->write(out.toBackend);
+  int clientStatus = out.toClient.empty() ? 0 : client_->write(out.toClient);
+  out.clear();
+  if (closeNow) {
+    close(metrics::CloseReason::ProtocolError);
+    return;
+  }
+  if (backendStatus != 0) {
+    close(metrics::CloseReason::BackendClosed);
+    return;
+  }
+  if (clientStatus != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  if (relayOnly) {
+    filter_.reset();
+  }
+  if (startTls) {
+    upgradeClient();
+    return;
+  }
+  if (backend_->pendingBytes() > net::ByteStream::kHighWater) {
+    client_->pauseReading();
+  }
+  if (client_->pendingBytes() > net::ByteStream::kHighWater) {
+    backend_->pauseReading();
+  }
+}
+
+// The go-ahead is already queued on the TCP stream, ahead of anything TLS will write, so the
+// client reads it in plaintext before its handshake starts.
+void Session::upgradeClient() {
+  tlsContext_ = *listener_.tls;
+  SSL* ssl = tlsContext_->newSsl(listener_.config.protocol);
+  if (ssl == nullptr) {
+    close(metrics::CloseReason::TlsError);
+    return;
+  }
+  clientUpgrading_ = true;
+  upgradeStartedAt_ = timer_->now();
+  auto* stream = net::TlsStream::wrap(clientTcp_, tls::Engine::server(ssl), &clientSide_);
+  client_ = stream;
+  clientTls_ = &stream->engine();
+  stream->begin();
 }
 
 void Session::onClientDrained() {
@@ -267,6 +369,13 @@ void Session::finishIfBothEnded(metrics::CloseReason reason) {
 }
 
 void Session::onClientError(int status) {
+  if (clientUpgrading_) {
+    listener_.metrics.startTls(metrics::StartTlsSide::Client,
+                               metrics::StartTlsResult::HandshakeFailed);
+    upgradeStartedAt_ = upgradeStartedAt_ == 0 ? startedAt_ : upgradeStartedAt_;
+    handshakeFailed(status == net::kTlsFailure ? clientTls_->error() : uv_strerror(status));
+    return;
+  }
   if (phase_ == Phase::Handshaking) {
     handshakeFailed(status == net::kTlsFailure ? clientTls_->error() : uv_strerror(status));
     return;

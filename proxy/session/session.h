@@ -8,6 +8,7 @@
 #include "proxy/net/byte_stream.h"
 #include "proxy/net/tcp_stream.h"
 #include "proxy/net/timer.h"
+#include "proxy/protocol/filter.h"
 #include "proxy/protocol/registry.h"
 #include "tls/context.h"
 #include "tls/engine.h"
@@ -104,6 +105,10 @@ private:
   void onTimer() override;
 
   void handshakeFailed(const std::string& why);
+  // Carries out what the protocol filter decided.
+  void apply(protocol::Output& out);
+  // STARTTLS go-ahead given: the client's TCP stream continues as TLS.
+  void upgradeClient();
   void finishIfBothEnded(metrics::CloseReason reason);
 
   SessionOwner& owner_;
@@ -113,7 +118,13 @@ private:
   BackendSide backendSide_{*this};
   net::ByteStream* client_ = nullptr;
   net::ByteStream* backend_ = nullptr;
+  net::TcpStream* clientTcp_ = nullptr;  // the TCP under client_ (STARTTLS wraps it)
   net::TcpStream* backendTcp_ = nullptr; // the TCP under backend_, until it is connected
+  // Reads the dialogue until nothing is left to rewrite; null once the session only relays.
+  std::unique_ptr<protocol::Filter> filter_;
+  protocol::Output output_;
+  bool clientUpgrading_ = false;         // STARTTLS handshake under way
+  std::uint64_t upgradeStartedAt_ = 0;
   const tls::Engine* clientTls_ = nullptr; // for the access log; owned by the client stream
   const tls::Engine* backendTls_ = nullptr;
   std::shared_ptr<tls::ServerContext> tlsContext_; // keeps the context this session started with

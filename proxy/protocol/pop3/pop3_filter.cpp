@@ -1,0 +1,290 @@
+// POP3 before authentication (RFC 1939, 2449, 2595, 5034): STLS answered by postern, CAPA
+// rewritten, USER/PASS/APOP/AUTH refused before TLS where TLS is required, multi-line responses
+// (dot-stuffed) followed to their end, replies kept in order.
+#include "proxy/protocol/filter.h"
+#include "proxy/protocol/line_reader.h"
+
+#include <deque>
+
+namespace protocol {
+
+namespace {
+
+class Pop3Filter final : public Filter {
+public:
+  explicit Pop3Filter(const Policy& policy)
+      : policy_(policy), tls_(policy.listenerTls == config::TlsMode::Implicit),
+        client_(policy.maxLineLength), backend_(policy.maxLineLength) {
+    pending_.push_back({Kind::Greeting, false, {}, false});
+  }
+
+  void fromClient(std::span<const char> data, Output& out) override {
+    if (relay_) {
+      out.toBackend.append(data.data(), data.size());
+      return;
+    }
+    if (startTlsWaiting_) {
+      rejectInjection(out);
+      return;
+    }
+    client_.append(data);
+    while (!relay_ && !out.close && !out.startTls && !startTlsWaiting_) {
+      auto line = client_.nextLine();
+      if (!line) {
+        if (client_.tooLong()) {
+          out.toClient += "-ERR Line too long\r\n";
+          out.close = true;
+        }
+        break;
+      }
+      if (sasl_) {
+        out.toBackend += *line;
+        continue;
+      }
+      command(*line, out);
+    }
+    client_.compact();
+  }
+
+  void fromBackend(std::span<const char> data, Output& out) override {
+    if (relay_) {
+      out.toClient.append(data.data(), data.size());
+      return;
+    }
+    backend_.append(data);
+    while (!relay_ && !out.close) {
+      auto line = backend_.nextLine();
+      if (!line) {
+        if (backend_.tooLong() && !inMultiLine_) {
+          out.close = true;
+        }
+        if (inMultiLine_ && !backend_.empty() && backend_.tooLong()) {
+          // Long body lines of a multi-line response pass through as they come.
+          out.toClient += backend_.takeRaw(backend_.pending().size());
+        }
+        break;
+      }
+      response(*line, out);
+    }
+    backend_.compact();
+  }
+
+  void tlsStarted(Output&) override {
+    tls_ = true;
+    startTlsWaiting_ = false;
+  }
+
+private:
+  enum class Kind { Greeting, Capa, Auth, Pass, MultiLine, Other, Local };
+  struct Pending {
+    Kind kind;
+    bool multiLine; // a +OK to this command is followed by lines up to "."
+    std::string reply;
+    bool startTls;
+  };
+
+  void local(std::string text, Output& out, bool startTls = false) {
+    if (pending_.empty()) {
+      out.toClient += text;
+      if (startTls) {
+        out.startTls = true;
+        out.events.push_back({Event::StartTlsOk});
+      }
+      return;
+    }
+    pending_.push_back({Kind::Local, false, std::move(text), startTls});
+    if (startTls) {
+      startTlsWaiting_ = true;
+    }
+  }
+
+  void rejectInjection(Output& out) {
+    // CVE-2011-0411 class: nothing pipelined after STLS may run inside TLS.
+    out.toClient += "-ERR Commands pipelined after STLS\r\n";
+    out.events.push_back({Event::StartTlsInjection});
+    out.close = true;
+  }
+
+  void command(std::string_view line, Output& out) {
+    auto [verb, arguments] = splitWord(chomp(line));
+    if (equalsNoCase(verb, "STLS")) {
+      if (policy_.listenerTls == config::TlsMode::None) {
+        forward(line, Kind::Other, false, out); // the backend's own STLS, end to end
+        stlsForwarded_ = true;
+        return;
+      }
+      if (tls_) {
+        local("-ERR Already using TLS\r\n", out);
+        out.events.push_back({Event::StartTlsRefused});
+      } else if (!arguments.empty()) {
+        local("-ERR STLS takes no arguments\r\n", out);
+        out.events.push_back({Event::StartTlsRefused});
+      } else if (!client_.empty()) {
+        rejectInjection(out);
+      } else {
+        local("+OK Begin TLS negotiation\r\n", out, true);
+      }
+      return;
+    }
+    bool isAuth = equalsNoCase(verb, "USER") || equalsNoCase(verb, "PASS") ||
+                  equalsNoCase(verb, "APOP") || equalsNoCase(verb, "AUTH");
+    if (isAuth && !policy_.allowAuth) {
+      local("-ERR [AUTH] Authentication is not available here\r\n", out);
+      return;
+    }
+    if (isAuth && policy_.requireTls && !tls_) {
+      // "AUTH" alone lists mechanisms; everything else would send a secret in the clear.
+      local("-ERR [AUTH] Plaintext authentication disallowed; use STLS first\r\n", out);
+      out.events.push_back({Event::AuthRefusedPlaintext,
+                            mechanismLabel(equalsNoCase(verb, "AUTH") ? splitWord(arguments).first
+                                                                      : verb)});
+      return;
+    }
+    if (equalsNoCase(verb, "CAPA")) {
+      forward(line, Kind::Capa, true, out);
+    } else if (equalsNoCase(verb, "AUTH")) {
+      if (arguments.empty()) {
+        forward(line, Kind::MultiLine, true, out); // the mechanism list
+      } else {
+        forward(line, Kind::Auth, false, out);
+        sasl_ = true;
+      }
+    } else if (equalsNoCase(verb, "PASS") || equalsNoCase(verb, "APOP")) {
+      forward(line, Kind::Pass, false, out);
+    } else {
+      // LIST and UIDL without an argument, RETR and TOP answer with many lines.
+      bool multi = ((equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL")) &&
+                    arguments.empty()) ||
+                   equalsNoCase(verb, "RETR") || equalsNoCase(verb, "TOP");
+      forward(line, multi ? Kind::MultiLine : Kind::Other, multi, out);
+    }
+  }
+
+  void forward(std::string_view line, Kind kind, bool multiLine, Output& out) {
+    out.toBackend += line;
+    pending_.push_back({kind, multiLine, {}, false});
+  }
+
+  void response(std::string_view line, Output& out) {
+    if (inMultiLine_) {
+      if (chomp(line) == ".") {
+        inMultiLine_ = false;
+        if (pending_.front().kind == Kind::Capa) {
+          capa_.emplace_back(line);
+          rewriteCapa(out);
+        } else {
+          out.toClient += line;
+        }
+        pending_.pop_front();
+        afterResponse(out);
+        return;
+      }
+      if (pending_.front().kind == Kind::Capa) {
+        capa_.emplace_back(line);
+      } else {
+        out.toClient += line;
+      }
+      return;
+    }
+    if (pending_.empty()) {
+      out.toClient += line;
+      return;
+    }
+    Pending& head = pending_.front();
+    bool ok = line.starts_with("+OK");
+    if (head.kind == Kind::Auth && line.starts_with("+ ")) {
+      out.toClient += line; // a SASL challenge; the client answers with a line of data
+      return;
+    }
+    if (head.multiLine && ok) {
+      inMultiLine_ = true;
+      if (head.kind == Kind::Capa) {
+        capa_.clear();
+        capa_.emplace_back(line);
+      } else {
+        out.toClient += line;
+      }
+      return;
+    }
+    out.toClient += line;
+    Kind kind = head.kind;
+    pending_.pop_front();
+    if (kind == Kind::Auth) {
+      sasl_ = false;
+    }
+    if ((kind == Kind::Auth || kind == Kind::Pass) && ok) {
+      out.events.push_back({Event::Authenticated});
+      authenticated_ = true;
+    }
+    if (stlsForwarded_ && kind == Kind::Other && ok) {
+      stlsForwarded_ = false;
+      goRelay(out); // TLS end to end with the backend
+      return;
+    }
+    afterResponse(out);
+  }
+
+  void afterResponse(Output& out) {
+    while (!pending_.empty() && pending_.front().kind == Kind::Local) {
+      out.toClient += pending_.front().reply;
+      bool startTls = pending_.front().startTls;
+      pending_.pop_front();
+      if (startTls) {
+        out.startTls = true;
+        out.events.push_back({Event::StartTlsOk});
+        return;
+      }
+    }
+    if (authenticated_ && pending_.empty() && !sasl_) {
+      goRelay(out);
+    }
+  }
+
+  // SPEC §5: STLS is postern's; SASL and USER are hidden while authentication may not happen.
+  void rewriteCapa(Output& out) {
+    bool hideAuth = !policy_.allowAuth || (policy_.requireTls && !tls_);
+    for (std::size_t i = 0; i < capa_.size(); ++i) {
+      std::string_view text = chomp(capa_[i]);
+      if (i > 0 && text != ".") {
+        std::string_view keyword = splitWord(text).first;
+        if (equalsNoCase(keyword, "STLS") ||
+            (hideAuth && (equalsNoCase(keyword, "SASL") || equalsNoCase(keyword, "USER")))) {
+          continue;
+        }
+      }
+      if (text == "." && policy_.listenerTls == config::TlsMode::StartTls && !tls_) {
+        out.toClient += "STLS\r\n";
+      }
+      out.toClient += capa_[i];
+    }
+    capa_.clear();
+  }
+
+  void goRelay(Output& out) {
+    relay_ = true;
+    out.relayOnly = true;
+    out.toBackend += client_.takeAll();
+    out.toClient += backend_.takeAll();
+  }
+
+  Policy policy_;
+  bool tls_;
+  LineReader client_;
+  LineReader backend_;
+  std::deque<Pending> pending_;
+  std::vector<std::string> capa_;
+  bool inMultiLine_ = false;
+  bool sasl_ = false;
+  bool stlsForwarded_ = false;
+  bool startTlsWaiting_ = false;
+  bool authenticated_ = false;
+  bool relay_ = false;
+};
+
+} // namespace
+
+std::unique_ptr<Filter> makePop3Filter(const Policy& policy) {
+  return std::make_unique<Pop3Filter>(policy);
+}
+
+} // namespace protocol

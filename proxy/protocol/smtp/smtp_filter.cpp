@@ -1,0 +1,358 @@
+// SMTP before authentication (RFC 5321, 3207, 4954, 2920): STARTTLS answered by postern, EHLO
+// capabilities rewritten, AUTH and MAIL refused before TLS where TLS is required, replies kept in
+// order under PIPELINING, message bodies passed through untouched.
+#include "proxy/protocol/filter.h"
+#include "proxy/protocol/line_reader.h"
+
+#include <deque>
+#include <vector>
+
+namespace protocol {
+
+namespace {
+
+class SmtpFilter final : public Filter {
+public:
+  explicit SmtpFilter(const Policy& policy)
+      : policy_(policy), tls_(policy.listenerTls == config::TlsMode::Implicit),
+        client_(policy.maxLineLength), backend_(policy.maxLineLength) {
+    pending_.push_back({Kind::Greeting, {}, false});
+  }
+
+  void fromClient(std::span<const char> data, Output& out) override {
+    if (relay_) {
+      out.toBackend.append(data.data(), data.size());
+      return;
+    }
+    if (startTlsWaiting_) {
+      rejectInjection(out);
+      return;
+    }
+    client_.append(data);
+    while (!relay_ && !out.close && !out.startTls && !startTlsWaiting_) {
+      if (body_) {
+        forwardBody(out);
+        if (body_) {
+          break;
+        }
+        continue;
+      }
+      auto line = client_.nextLine();
+      if (!line) {
+        if (client_.tooLong()) {
+          out.toClient += "500 5.5.2 Error: line too long\r\n";
+          out.close = true;
+        }
+        break;
+      }
+      if (sasl_) {
+        out.toBackend += *line; // a SASL response line, not a command
+        continue;
+      }
+      command(*line, out);
+    }
+    client_.compact();
+  }
+
+  void fromBackend(std::span<const char> data, Output& out) override {
+    if (relay_) {
+      out.toClient.append(data.data(), data.size());
+      return;
+    }
+    backend_.append(data);
+    while (!relay_ && !out.close) {
+      auto line = backend_.nextLine();
+      if (!line) {
+        if (backend_.tooLong()) {
+          out.close = true;
+        }
+        break;
+      }
+      reply_.emplace_back(*line);
+      // "250-..." continues a reply; "250 ..." or a bare "250" ends it.
+      if (line->size() >= 4 && (*line)[3] == '-') {
+        continue;
+      }
+      finishReply(out);
+      reply_.clear();
+    }
+    backend_.compact();
+  }
+
+  void tlsStarted(Output&) override {
+    // RFC 3207 §4.2: everything learned before TLS is forgotten; the client greets again.
+    tls_ = true;
+    needGreeting_ = true;
+    startTlsWaiting_ = false;
+  }
+
+private:
+  enum class Kind { Greeting, Ehlo, Helo, Auth, Data, DataEnd, StartTlsForwarded, Other, Local };
+  struct Pending {
+    Kind kind;
+    std::string reply; // Local: what postern answers, in its turn
+    bool startTls;     // Local: the go-ahead for STARTTLS
+  };
+
+  // Answers in the client's order: after every reply still owed by the backend.
+  void local(std::string text, Output& out, bool startTls = false) {
+    if (pending_.empty()) {
+      out.toClient += text;
+      if (startTls) {
+        out.startTls = true;
+        out.events.push_back({Event::StartTlsOk});
+      }
+      return;
+    }
+    pending_.push_back({Kind::Local, std::move(text), startTls});
+    if (startTls) {
+      startTlsWaiting_ = true;
+    }
+  }
+
+  void rejectInjection(Output& out) {
+    // CVE-2011-0411: commands pipelined after STARTTLS must never run inside TLS.
+    out.toClient += "554 5.5.1 Error: commands pipelined after STARTTLS\r\n";
+    out.events.push_back({Event::StartTlsInjection});
+    out.close = true;
+  }
+
+  void command(std::string_view line, Output& out) {
+    auto [verb, arguments] = splitWord(chomp(line));
+    if (equalsNoCase(verb, "STARTTLS")) {
+      startTls(arguments, out);
+      return;
+    }
+    if (needGreeting_ && !equalsNoCase(verb, "EHLO") && !equalsNoCase(verb, "HELO") &&
+        !equalsNoCase(verb, "NOOP") && !equalsNoCase(verb, "QUIT")) {
+      local("503 5.5.1 Error: send EHLO/HELO first\r\n", out);
+      return;
+    }
+    if (equalsNoCase(verb, "XCLIENT") || equalsNoCase(verb, "XFORWARD")) {
+      // Only postern may tell the backend who the client is.
+      local("550 5.7.1 Error: not permitted\r\n", out);
+      return;
+    }
+    if (equalsNoCase(verb, "BDAT")) {
+      local("502 5.5.1 Error: BDAT is not offered here, use DATA\r\n", out);
+      return;
+    }
+    if (equalsNoCase(verb, "AUTH")) {
+      if (!policy_.allowAuth) {
+        local("503 5.5.1 Error: authentication not enabled\r\n", out);
+        return;
+      }
+      if (policy_.requireTls && !tls_) {
+        local("530 5.7.0 Must issue a STARTTLS command first\r\n", out);
+        out.events.push_back(
+            {Event::AuthRefusedPlaintext, mechanismLabel(splitWord(arguments).first)});
+        return;
+      }
+      forward(line, Kind::Auth, out);
+      sasl_ = true;
+      return;
+    }
+    if (equalsNoCase(verb, "MAIL") && policy_.requireTls && !tls_) {
+      local("530 5.7.0 Must issue a STARTTLS command first\r\n", out);
+      return;
+    }
+    if (equalsNoCase(verb, "EHLO") || equalsNoCase(verb, "HELO")) {
+      needGreeting_ = false;
+      forward(line, equalsNoCase(verb, "EHLO") ? Kind::Ehlo : Kind::Helo, out);
+      return;
+    }
+    forward(line, equalsNoCase(verb, "DATA") ? Kind::Data : Kind::Other, out);
+  }
+
+  void startTls(std::string_view arguments, Output& out) {
+    if (policy_.listenerTls == config::TlsMode::None) {
+      // Not postern's to terminate: the backend may offer it end to end.
+      forward("STARTTLS\r\n", Kind::StartTlsForwarded, out);
+      return;
+    }
+    if (tls_) {
+      local("503 5.5.1 Error: TLS already active\r\n", out);
+      out.events.push_back({Event::StartTlsRefused});
+      return;
+    }
+    if (!arguments.empty()) {
+      local("501 5.5.4 Syntax: STARTTLS\r\n", out);
+      out.events.push_back({Event::StartTlsRefused});
+      return;
+    }
+    if (!client_.empty()) {
+      rejectInjection(out);
+      return;
+    }
+    local("220 2.0.0 Ready to start TLS\r\n", out, true);
+  }
+
+  void forward(std::string_view line, Kind kind, Output& out) {
+    out.toBackend += line;
+    pending_.push_back({kind, {}, false});
+  }
+
+  // The body after 354 goes through untouched until the lone "." line (CRLF.CRLF).
+  void forwardBody(Output& out) {
+    static constexpr std::string_view kEnd = "\r\n.\r\n";
+    std::string_view data = client_.pending();
+    std::size_t i = 0;
+    for (; i < data.size() && bodyMatch_ < kEnd.size(); ++i) {
+      if (data[i] == kEnd[bodyMatch_]) {
+        ++bodyMatch_;
+      } else {
+        bodyMatch_ = data[i] == '\r' ? 1 : 0;
+      }
+    }
+    out.toBackend += client_.takeRaw(i);
+    if (bodyMatch_ == kEnd.size()) {
+      body_ = false;
+      bodyMatch_ = 0;
+    }
+  }
+
+  void finishReply(Output& out) {
+    if (pending_.empty()) {
+      appendReply(out); // unsolicited (a 421 before closing, say)
+      return;
+    }
+    Pending& head = pending_.front();
+    std::string_view code = std::string_view(reply_.front()).substr(0, 3);
+    switch (head.kind) {
+    case Kind::Ehlo:
+      if (code == "250") {
+        rewriteEhlo();
+      }
+      appendReply(out);
+      pending_.pop_front();
+      if (tls_ && code == "250") {
+        greetedAfterTls_ = true;
+      }
+      break;
+    case Kind::Auth:
+      appendReply(out);
+      if (code == "334") {
+        return; // the exchange goes on; the client's next line is SASL data
+      }
+      sasl_ = false;
+      pending_.pop_front();
+      if (code == "235") {
+        out.events.push_back({Event::Authenticated});
+        authenticated_ = true;
+      }
+      break;
+    case Kind::Data:
+      appendReply(out);
+      if (code == "354") {
+        head.kind = Kind::DataEnd;
+        body_ = true;
+        bodyMatch_ = 2; // the DATA line's CRLF counts: a body of just "." ends at once
+        return;
+      }
+      pending_.pop_front();
+      break;
+    case Kind::StartTlsForwarded:
+      appendReply(out);
+      pending_.pop_front();
+      if (code == "220") {
+        goRelay(out); // TLS between client and backend: nothing postern can read any more
+        return;
+      }
+      break;
+    default:
+      appendReply(out);
+      pending_.pop_front();
+      break;
+    }
+    flushLocal(out);
+    // Nothing left to rewrite once authenticated, or greeted over TLS (RFC 3207 §4.2), unless
+    // authentication stays forbidden on this listener.
+    if (pending_.empty() && !sasl_ && !body_ &&
+        (authenticated_ || (greetedAfterTls_ && policy_.allowAuth))) {
+      goRelay(out);
+    }
+  }
+
+  void flushLocal(Output& out) {
+    while (!pending_.empty() && pending_.front().kind == Kind::Local) {
+      out.toClient += pending_.front().reply;
+      bool startTls = pending_.front().startTls;
+      pending_.pop_front();
+      if (startTls) {
+        out.startTls = true;
+        out.events.push_back({Event::StartTlsOk});
+        return;
+      }
+    }
+  }
+
+  void appendReply(Output& out) {
+    for (const std::string& line : reply_) {
+      out.toClient += line;
+    }
+  }
+
+  // SPEC §5: STARTTLS is postern's (added before TLS on a starttls listener, never the
+  // backend's); AUTH goes where authentication may not happen yet; XCLIENT/XFORWARD are between
+  // postern and the backend; CHUNKING/BINARYMIME would hide commands inside BDAT chunks.
+  void rewriteEhlo() {
+    bool hideAuth = !policy_.allowAuth || (policy_.requireTls && !tls_);
+    std::vector<std::string> kept;
+    kept.push_back(std::string(chomp(reply_.front())));
+    for (std::size_t i = 1; i < reply_.size(); ++i) {
+      std::string_view text = chomp(reply_[i]);
+      std::string_view keyword = text.size() > 4 ? splitWord(text.substr(4)).first : "";
+      bool drop = equalsNoCase(keyword, "STARTTLS") || equalsNoCase(keyword, "XCLIENT") ||
+                  equalsNoCase(keyword, "XFORWARD") || equalsNoCase(keyword, "CHUNKING") ||
+                  equalsNoCase(keyword, "BINARYMIME") ||
+                  (hideAuth && (equalsNoCase(keyword, "AUTH") ||
+                                startsWithNoCase(keyword, "AUTH=")));
+      if (!drop) {
+        kept.emplace_back(text);
+      }
+    }
+    if (policy_.listenerTls == config::TlsMode::StartTls && !tls_) {
+      kept.push_back("250 STARTTLS");
+    }
+    reply_.clear();
+    for (std::size_t i = 0; i < kept.size(); ++i) {
+      std::string line = kept[i];
+      if (line.size() >= 4) {
+        line[3] = i + 1 < kept.size() ? '-' : ' ';
+      } else {
+        line += i + 1 < kept.size() ? "-" : " ";
+      }
+      reply_.push_back(line + "\r\n");
+    }
+  }
+
+  void goRelay(Output& out) {
+    relay_ = true;
+    out.relayOnly = true;
+    out.toBackend += client_.takeAll();
+    out.toClient += backend_.takeAll();
+  }
+
+  Policy policy_;
+  bool tls_;
+  LineReader client_;
+  LineReader backend_;
+  std::deque<Pending> pending_;
+  std::vector<std::string> reply_;
+  bool sasl_ = false;
+  bool body_ = false;
+  std::size_t bodyMatch_ = 0;
+  bool needGreeting_ = false;
+  bool greetedAfterTls_ = false;
+  bool startTlsWaiting_ = false;
+  bool authenticated_ = false;
+  bool relay_ = false;
+};
+
+} // namespace
+
+std::unique_ptr<Filter> makeSmtpFilter(const Policy& policy) {
+  return std::make_unique<SmtpFilter>(policy);
+}
+
+} // namespace protocol
