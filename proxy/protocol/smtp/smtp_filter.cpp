@@ -217,7 +217,7 @@ private:
       return;
     }
     Pending& head = pending_.front();
-    std::string_view code = std::string_view(reply_.front()).substr(0, 3);
+    const std::string code = reply_.front().substr(0, 3); // reply_ may be rewritten below
     switch (head.kind) {
     case Kind::Ehlo:
       if (code == "250") {

@@ -1,0 +1,204 @@
+// The SMTP filter: EHLO rewriting, STARTTLS, require_tls, injection, pipelining, DATA bodies.
+#include "filter_test_support.h"
+
+namespace protocol {
+namespace {
+
+using testing::Driver;
+using testing::starttlsPolicy;
+
+constexpr std::string_view kGreeting = "220 mail.example.test ESMTP Postfix\r\n";
+constexpr std::string_view kEhloReply = "250-mail.example.test\r\n"
+                                        "250-PIPELINING\r\n"
+                                        "250-SIZE 10240000\r\n"
+                                        "250-STARTTLS\r\n"
+                                        "250-AUTH PLAIN LOGIN\r\n"
+                                        "250-AUTH=PLAIN LOGIN\r\n"
+                                        "250-XCLIENT NAME ADDR PROTO\r\n"
+                                        "250-CHUNKING\r\n"
+                                        "250 8BITMIME\r\n";
+
+Driver greeted(const Policy& policy) {
+  Driver driver(makeSmtpFilter(policy));
+  EXPECT_EQ(driver.backend(kGreeting).toClient, kGreeting);
+  return driver;
+}
+
+TEST(SmtpFilter, EhloBeforeTlsOnASubmissionPort) {
+  Driver d = greeted(starttlsPolicy());
+  EXPECT_EQ(d.client("EHLO client.example\r\n").toBackend, "EHLO client.example\r\n");
+  EXPECT_EQ(d.backend(kEhloReply).toClient, "250-mail.example.test\r\n"
+                                            "250-PIPELINING\r\n"
+                                            "250-SIZE 10240000\r\n"
+                                            "250-8BITMIME\r\n"
+                                            "250 STARTTLS\r\n");
+}
+
+TEST(SmtpFilter, EhloAfterTlsKeepsAuthAndDropsStarttls) {
+  Driver d = greeted(starttlsPolicy());
+  auto go = d.client("STARTTLS\r\n");
+  EXPECT_EQ(go.toClient, "220 2.0.0 Ready to start TLS\r\n");
+  EXPECT_TRUE(go.startTls);
+  EXPECT_TRUE(go.toBackend.empty()) << "STARTTLS never reaches the backend";
+  d.tlsStarted();
+  d.client("EHLO client.example\r\n");
+  auto reply = d.backend(kEhloReply);
+  EXPECT_EQ(reply.toClient, "250-mail.example.test\r\n"
+                            "250-PIPELINING\r\n"
+                            "250-SIZE 10240000\r\n"
+                            "250-AUTH PLAIN LOGIN\r\n"
+                            "250-AUTH=PLAIN LOGIN\r\n"
+                            "250 8BITMIME\r\n");
+  EXPECT_TRUE(reply.relayOnly) << "nothing is left to rewrite after the post-TLS EHLO";
+  EXPECT_EQ(d.client("AUTH PLAIN AGFsaWNlAHg=\r\n").toBackend, "AUTH PLAIN AGFsaWNlAHg=\r\n");
+}
+
+TEST(SmtpFilter, AuthAndMailBeforeTlsAreRefused) {
+  Driver d = greeted(starttlsPolicy());
+  auto auth = d.client("AUTH PLAIN AGFsaWNlAHg=\r\n");
+  EXPECT_EQ(auth.toClient, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  EXPECT_TRUE(auth.toBackend.empty());
+  ASSERT_EQ(auth.events.size(), 1u);
+  EXPECT_EQ(auth.events[0], Event::AuthRefusedPlaintext);
+  auto mail = d.client("MAIL FROM:<a@example.test>\r\n");
+  EXPECT_EQ(mail.toClient, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  EXPECT_TRUE(mail.toBackend.empty());
+}
+
+TEST(SmtpFilter, StarttlsMisuse) {
+  Driver d = greeted(starttlsPolicy());
+  auto withArgument = d.client("STARTTLS now\r\n");
+  EXPECT_EQ(withArgument.toClient, "501 5.5.4 Syntax: STARTTLS\r\n");
+  EXPECT_FALSE(withArgument.startTls);
+  EXPECT_EQ(withArgument.events, std::vector<Event>{Event::StartTlsRefused});
+  EXPECT_TRUE(d.client("STARTTLS\r\n").startTls);
+  d.tlsStarted();
+  auto again = d.client("STARTTLS\r\n");
+  EXPECT_EQ(again.toClient, "503 5.5.1 Error: TLS already active\r\n");
+  EXPECT_FALSE(again.startTls);
+}
+
+TEST(SmtpFilter, CommandsPipelinedAfterStarttlsCloseTheSession) {
+  // CVE-2011-0411: "STARTTLS\r\nRSET\r\n" in one write.
+  Driver d = greeted(starttlsPolicy());
+  auto out = d.client("STARTTLS\r\nRSET\r\n");
+  EXPECT_EQ(out.toClient, "554 5.5.1 Error: commands pipelined after STARTTLS\r\n");
+  EXPECT_TRUE(out.close);
+  EXPECT_FALSE(out.startTls);
+  EXPECT_TRUE(out.toBackend.empty());
+  EXPECT_EQ(out.events, std::vector<Event>{Event::StartTlsInjection});
+}
+
+TEST(SmtpFilter, StateIsForgottenAfterTls) {
+  Driver d = greeted(starttlsPolicy());
+  d.client("EHLO a\r\n");
+  d.backend(kEhloReply);
+  EXPECT_TRUE(d.client("STARTTLS\r\n").startTls);
+  d.tlsStarted();
+  auto mail = d.client("MAIL FROM:<a@example.test>\r\n");
+  EXPECT_EQ(mail.toClient, "503 5.5.1 Error: send EHLO/HELO first\r\n");
+  EXPECT_TRUE(mail.toBackend.empty());
+  EXPECT_EQ(d.client("NOOP\r\n").toBackend, "NOOP\r\n");
+}
+
+TEST(SmtpFilter, StarttlsAfterPendingRepliesWaitsForThem) {
+  Driver d = greeted(starttlsPolicy());
+  auto sent = d.client("NOOP\r\nSTARTTLS\r\n");
+  EXPECT_EQ(sent.toBackend, "NOOP\r\n");
+  EXPECT_TRUE(sent.toClient.empty());
+  EXPECT_FALSE(sent.startTls);
+  auto reply = d.backend("250 2.0.0 Ok\r\n");
+  EXPECT_EQ(reply.toClient, "250 2.0.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n");
+  EXPECT_TRUE(reply.startTls);
+}
+
+TEST(SmtpFilter, BytesArrivingWhileStarttlsWaitsAreInjection) {
+  Driver d = greeted(starttlsPolicy());
+  d.client("NOOP\r\nSTARTTLS\r\n");
+  auto late = d.client("RSET\r\n");
+  EXPECT_TRUE(late.close);
+  EXPECT_TRUE(late.toBackend.empty());
+}
+
+TEST(SmtpFilter, MxPortOffersStarttlsAndRefusesAuth) {
+  Driver d = greeted(starttlsPolicy(/*requireTls=*/false, /*allowAuth=*/false));
+  d.client("EHLO a\r\n");
+  auto ehlo = d.backend(kEhloReply);
+  EXPECT_EQ(ehlo.toClient.find("AUTH"), std::string::npos);
+  EXPECT_NE(ehlo.toClient.find("250 STARTTLS\r\n"), std::string::npos);
+  auto auth = d.client("AUTH LOGIN\r\n");
+  EXPECT_EQ(auth.toClient, "503 5.5.1 Error: authentication not enabled\r\n");
+  EXPECT_TRUE(auth.toBackend.empty());
+  EXPECT_EQ(d.client("MAIL FROM:<b@example.test>\r\n").toBackend,
+            "MAIL FROM:<b@example.test>\r\n");
+}
+
+TEST(SmtpFilter, PipelinedTransactionAndBodyPassUntouched) {
+  Policy policy;
+  policy.allowAuth = false;
+  Driver d = greeted(policy);
+  std::string commands = "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
+  EXPECT_EQ(d.client(commands).toBackend, commands);
+  auto replies = d.backend("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  EXPECT_EQ(replies.toClient,
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  // Body lines that look like commands are data: never refused, never parsed.
+  std::string body = "Subject: x\r\n\r\nAUTH PLAIN abc\r\n..leading dot\r\nSTARTTLS\r\n.\r\n";
+  auto sent = d.client(body);
+  EXPECT_EQ(sent.toBackend, body);
+  EXPECT_TRUE(sent.toClient.empty());
+  d.backend("250 2.0.0 Ok: queued\r\n");
+  auto after = d.client("AUTH PLAIN abc\r\n");
+  EXPECT_EQ(after.toClient, "503 5.5.1 Error: authentication not enabled\r\n");
+}
+
+TEST(SmtpFilter, LocalRepliesKeepTheirPlaceInThePipeline) {
+  Driver d = greeted(starttlsPolicy());
+  auto sent = d.client("NOOP\r\nMAIL FROM:<a@x>\r\n");
+  EXPECT_EQ(sent.toBackend, "NOOP\r\n");
+  EXPECT_TRUE(sent.toClient.empty()) << "the 530 waits for the NOOP's reply";
+  EXPECT_EQ(d.backend("250 2.0.0 Ok\r\n").toClient,
+            "250 2.0.0 Ok\r\n530 5.7.0 Must issue a STARTTLS command first\r\n");
+}
+
+TEST(SmtpFilter, SaslExchangeLinesAreData) {
+  Policy policy;
+  policy.listenerTls = config::TlsMode::Implicit;
+  Driver d = greeted(policy);
+  EXPECT_EQ(d.client("AUTH LOGIN\r\n").toBackend, "AUTH LOGIN\r\n");
+  EXPECT_EQ(d.backend("334 VXNlcm5hbWU6\r\n").toClient, "334 VXNlcm5hbWU6\r\n");
+  EXPECT_EQ(d.client("STARTTLS\r\n").toBackend, "STARTTLS\r\n") << "a SASL line, not a command";
+  d.backend("334 UGFzc3dvcmQ6\r\n");
+  d.client("c2VjcmV0\r\n");
+  auto ok = d.backend("235 2.7.0 Authentication successful\r\n");
+  EXPECT_TRUE(ok.relayOnly);
+  EXPECT_EQ(ok.events, std::vector<Event>{Event::Authenticated});
+}
+
+TEST(SmtpFilter, ClientMayNotSpeakForPostern) {
+  Policy policy;
+  Driver d = greeted(policy);
+  auto out = d.client("XCLIENT ADDR=10.0.0.1\r\n");
+  EXPECT_EQ(out.toClient, "550 5.7.1 Error: not permitted\r\n");
+  EXPECT_TRUE(out.toBackend.empty());
+  EXPECT_TRUE(d.client("BDAT 10 LAST\r\n").toClient.starts_with("502 "));
+}
+
+TEST(SmtpFilter, OverlongLineIsAProtocolError) {
+  Policy policy = starttlsPolicy();
+  policy.maxLineLength = 512;
+  Driver d = greeted(policy);
+  auto out = d.client(std::string(600, 'a'));
+  EXPECT_EQ(out.toClient, "500 5.5.2 Error: line too long\r\n");
+  EXPECT_TRUE(out.close);
+  EXPECT_TRUE(out.toBackend.empty());
+}
+
+TEST(SmtpFilter, SplitAnywhereGivesTheSameResult) {
+  testing::expectSplitInvariant([] { return makeSmtpFilter(starttlsPolicy()); }, kGreeting,
+                                "EHLO a\r\nAUTH PLAIN x\r\nMAIL FROM:<a@x>\r\nNOOP\r\n"
+                                "XCLIENT ADDR=1.2.3.4\r\nSTARTTLS now\r\nQUIT\r\n");
+}
+
+} // namespace
+} // namespace protocol
