@@ -35,24 +35,29 @@ def imap_session(postern, listener, tls=False):
     connect = (lambda: imaplib.IMAP4_SSL(host, port, ssl_context=tls_context())) if tls else (
         lambda: imaplib.IMAP4(host, port))
     with connect() as imap:
-        version = imap.sock.version() if tls else None
+        if not tls:
+            imap.starttls(ssl_context=tls_context())
+        version = imap.sock.version()
         imap.login(USER, PASSWORD)
         _, data = imap.select("INBOX", readonly=True)
         _, subjects = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         found = [s[1].decode().strip() for s in subjects if isinstance(s, tuple)]
         imap.logout()
-    over = f" over {version}" if version else ""
-    return f"logged in as {USER}{over}, {int(data[0])} messages: {'; '.join(found)}"
+    how = "implicit TLS" if tls else "STARTTLS"
+    return f"{how} {version}, logged in as {USER}, {int(data[0])} messages"
 
 
 def pop3_session(postern, listener, tls=False):
     host, port = postern.address(listener)
     pop = poplib.POP3_SSL(host, port, context=tls_context()) if tls else poplib.POP3(host, port)
+    if not tls:
+        pop.stls(context=tls_context())
     pop.user(USER)
     pop.pass_(PASSWORD)
     count, size = pop.stat()
     pop.quit()
-    return f"logged in as {USER}{' over TLS' if tls else ''}, {count} messages, {size} bytes"
+    how = "implicit TLS" if tls else "STLS"
+    return f"{how}, logged in as {USER}, {count} messages, {size} bytes"
 
 
 def smtp_session(postern, listener, servers, login=False, tls=False):
@@ -62,6 +67,9 @@ def smtp_session(postern, listener, servers, login=False, tls=False):
         lambda: smtplib.SMTP(host, port))
     with connect() as smtp:
         smtp.ehlo("quickstart.example.test")
+        if not tls:
+            smtp.starttls(context=tls_context())
+            smtp.ehlo("quickstart.example.test")
         if login:
             smtp.login(USER, PASSWORD)
         smtp.sendmail(f"quickstart@{DOMAIN}", [f"{USER}@{DOMAIN}"],
@@ -71,7 +79,8 @@ def smtp_session(postern, listener, servers, login=False, tls=False):
         lambda: any(subject in m for m in servers.delivered_messages()), timeout=20)
     if not delivered:
         raise RuntimeError(f"message sent through {listener} was not delivered")
-    return f"sent \"{subject}\"{' after AUTH' if login else ''}; delivered to the Maildir"
+    how = "implicit TLS" if tls else "STARTTLS"
+    return f"{how}{', AUTH' if login else ''}, sent \"{subject}\"; delivered to the Maildir"
 
 
 def main():
