@@ -1,0 +1,72 @@
+// libFuzzer target for the protocol filters: arbitrary bytes from both sides, any policy, any
+// split into reads. Built by the `fuzz` preset (clang); run for a bounded time by the suite.
+#include "proxy/protocol/filter.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+
+namespace {
+
+// The input's first byte picks the protocol and policy; the rest is a list of reads separated
+// by 0xFF, each starting with a byte that says who sent it (or that TLS started).
+void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
+  protocol::Output out;
+  std::size_t start = 0;
+  bool closed = false;
+  bool relay = false;
+  while (start < size && !closed) {
+    std::size_t end = start;
+    while (end < size && data[end] != 0xFF) {
+      ++end;
+    }
+    if (end > start) {
+      std::uint8_t who = data[start];
+      std::span<const char> bytes(reinterpret_cast<const char*>(data + start + 1),
+                                  end - start - 1);
+      out.clear();
+      if (who == 0xFE) {
+        filter.tlsStarted(out);
+      } else if (who % 2 == 0) {
+        filter.fromClient(bytes, out);
+      } else {
+        filter.fromBackend(bytes, out);
+      }
+      // Once a filter hands over to plain relaying, it must pass bytes through unchanged.
+      if (relay && (who % 2 == 0) && who != 0xFE && out.toBackend.size() != bytes.size()) {
+        std::abort();
+      }
+      relay = relay || out.relayOnly;
+      closed = out.close;
+    }
+    start = end + 1;
+  }
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 1) {
+    return 0;
+  }
+  std::uint8_t selector = data[0];
+  protocol::Policy policy;
+  policy.listenerTls = static_cast<config::TlsMode>((selector >> 2) % 3);
+  policy.requireTls = policy.listenerTls != config::TlsMode::None && (selector & 0x10) != 0;
+  policy.allowAuth = (selector & 0x20) != 0;
+  policy.maxLineLength = (selector & 0x40) != 0 ? 512 : 8192;
+  std::unique_ptr<protocol::Filter> filter;
+  switch (selector % 3) {
+  case 0:
+    filter = protocol::makeImapFilter(policy);
+    break;
+  case 1:
+    filter = protocol::makePop3Filter(policy);
+    break;
+  default:
+    filter = protocol::makeSmtpFilter(policy);
+    break;
+  }
+  run(data + 1, size - 1, *filter);
+  return 0;
+}
