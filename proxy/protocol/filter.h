@@ -62,6 +62,9 @@ public:
   virtual void fromBackend(std::span<const char> data, Output& out) = 0;
   // The client-side TLS handshake finished (after a STARTTLS go-ahead).
   virtual void tlsStarted(Output& out) = 0;
+  // A side finished sending: whatever part of a line it left is passed on as it is.
+  virtual void clientEnded(Output& out) = 0;
+  virtual void backendEnded(Output& out) = 0;
 };
 
 std::unique_ptr<Filter> makeImapFilter(const Policy& policy);

@@ -346,6 +346,13 @@ void Session::onClientEnd() {
     return;
   }
   clientEnded_ = true;
+  if (filter_ != nullptr) {
+    filter_->clientEnded(output_);
+    apply(output_);
+    if (phase_ == Phase::Closed) {
+      return;
+    }
+  }
   backend_->shutdownWrite();
   finishIfBothEnded(backendEnded_ ? metrics::CloseReason::BackendClosed
                                   : metrics::CloseReason::ClientClosed);
@@ -357,6 +364,13 @@ void Session::onBackendEnd() {
     return;
   }
   backendEnded_ = true;
+  if (filter_ != nullptr) {
+    filter_->backendEnded(output_);
+    apply(output_);
+    if (phase_ == Phase::Closed) {
+      return;
+    }
+  }
   client_->shutdownWrite();
   finishIfBothEnded(clientEnded_ ? metrics::CloseReason::ClientClosed
                                  : metrics::CloseReason::BackendClosed);

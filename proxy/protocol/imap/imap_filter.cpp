@@ -126,6 +126,9 @@ public:
     deferredStartTls_.clear();
   }
 
+  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
+  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
+
 private:
   enum class Kind { Auth, StartTlsForwarded, Other };
   struct Pending {

@@ -74,6 +74,9 @@ public:
     startTlsWaiting_ = false;
   }
 
+  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
+  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
+
 private:
   enum class Kind { Greeting, Capa, Auth, Pass, MultiLine, Other, Local };
   struct Pending {

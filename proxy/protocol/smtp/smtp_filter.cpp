@@ -86,6 +86,9 @@ public:
     startTlsWaiting_ = false;
   }
 
+  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
+  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
+
 private:
   enum class Kind { Greeting, Ehlo, Helo, Auth, Data, DataEnd, StartTlsForwarded, Other, Local };
   struct Pending {

@@ -145,3 +145,29 @@ TEST(ImapFilter, SplitAnywhereGivesTheSameResult) {
 
 } // namespace
 } // namespace protocol
+
+namespace protocol {
+namespace {
+
+TEST(ImapFilter, PartialLinesAreDeliveredWhenASideEnds) {
+  Driver d(makeImapFilter(testing::starttlsPolicy()));
+  d.backend(kGreeting);
+  EXPECT_TRUE(d.backend("* BYE no newline").toClient.empty());
+  Output out;
+  std::unique_ptr<Filter> filter = makeImapFilter(testing::starttlsPolicy());
+  filter->fromBackend(std::span<const char>(kGreeting.data(), kGreeting.size()), out);
+  out.clear();
+  std::string_view tail = "* BYE closing without CRLF";
+  filter->fromBackend(std::span<const char>(tail.data(), tail.size()), out);
+  EXPECT_TRUE(out.toClient.empty());
+  filter->backendEnded(out);
+  EXPECT_EQ(out.toClient, tail);
+  out.clear();
+  std::string_view partial = "a NOOP";
+  filter->fromClient(std::span<const char>(partial.data(), partial.size()), out);
+  filter->clientEnded(out);
+  EXPECT_EQ(out.toBackend, partial);
+}
+
+} // namespace
+} // namespace protocol
