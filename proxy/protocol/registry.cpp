@@ -9,17 +9,25 @@ namespace protocol {
 
 namespace {
 
+std::unique_ptr<BackendStartTls> imapBackend(std::string_view) { return makeImapBackendStartTls(); }
+std::unique_ptr<BackendStartTls> pop3Backend(std::string_view) { return makePop3BackendStartTls(); }
+
+std::string& hostnameStorage() {
+  static std::string name = "postern";
+  return name;
+}
+
 // RFC 5530 (IMAP response codes), RFC 3206 (POP3 SYS/TEMP), RFC 3463 (SMTP enhanced codes).
 std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
-      {config::Protocol::Pop3, "pop3", makePop3Filter, "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
+      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend, "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
        "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
        "-ERR [SYS/TEMP] Server shutting down\r\n"},
-      {config::Protocol::Imap, "imap", makeImapFilter, "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
+      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend, "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
        "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
        "* BYE [UNAVAILABLE] Server shutting down\r\n"},
-      {config::Protocol::Smtp, "smtp", makeSmtpFilter,
+      {config::Protocol::Smtp, "smtp", makeSmtpFilter, makeSmtpBackendStartTls,
        "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
        "421 4.7.0 " + host + " Too many connections, try again later\r\n",
        "421 4.3.2 " + host + " Server shutting down, closing channel\r\n"},
@@ -45,7 +53,12 @@ const char* mechanismLabel(std::string_view name) {
   return name.empty() ? "none" : "other";
 }
 
-void initialiseRegistry(std::string_view hostname) { table() = makeTable(hostname); }
+void initialiseRegistry(std::string_view hostname) {
+  hostnameStorage() = std::string(hostname);
+  table() = makeTable(hostname);
+}
+
+const std::string& hostname() { return hostnameStorage(); }
 
 const ProtocolInfo& info(config::Protocol protocol) {
   return table()[static_cast<std::size_t>(protocol)];

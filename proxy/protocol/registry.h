@@ -2,6 +2,7 @@
 #pragma once
 
 #include "config/model.h"
+#include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
 
 #include <memory>
@@ -14,6 +15,7 @@ struct ProtocolInfo {
   config::Protocol protocol;
   const char* name;
   std::unique_ptr<Filter> (*makeFilter)(const Policy& policy);
+  std::unique_ptr<BackendStartTls> (*makeBackendStartTls)(std::string_view hostname);
   // Said to a client when no backend server can be reached (SPEC §7).
   std::string unavailable;
   // Said to a client refused by a connection limit (SPEC §8).
@@ -24,6 +26,8 @@ struct ProtocolInfo {
 
 // `hostname` is the name SMTP replies start with (RFC 5321 §4.2: "421 <domain> ...").
 void initialiseRegistry(std::string_view hostname);
+// The host name postern gives itself (SMTP greetings, EHLO towards backends).
+const std::string& hostname();
 const ProtocolInfo& info(config::Protocol protocol);
 
 } // namespace protocol

@@ -135,6 +135,7 @@ void Session::releaseBackend() {
   }
   backendTcp_ = nullptr;
   backendTls_ = nullptr;
+  backendUpgrade_.reset();
   if (server_ != nullptr) {
     --server_->active;
     server_ = nullptr;
@@ -183,9 +184,10 @@ void Session::onBackendConnected(int status) {
     return;
   }
   case config::TlsMode::StartTls:
-    // Never a silent fallback to plaintext (SPEC §4): until backend STARTTLS is implemented,
-    // such a pool cannot be used.
-    backendFailed(metrics::BackendError::Tls, "backend STARTTLS is not implemented yet");
+    backendUpgrade_ = listener_.protocol->makeBackendStartTls(protocol::hostname());
+    if (int error = backend_->startReading(); error != 0) {
+      backendFailed(metrics::BackendError::Closed, uv_strerror(error));
+    }
     return;
   case config::TlsMode::None:
     if (int error = backend_->startReading(); error != 0) {
@@ -199,24 +201,46 @@ void Session::onBackendSecured() {
   if (server_ != nullptr && backendTls_ != nullptr) {
     server_->metrics.certificateExpiry(static_cast<double>(backendTls_->peerCertificateExpiry()));
   }
+  if (backendUpgrade_ == nullptr) {
+    return; // implicit TLS: the greeting comes over TLS next
+  }
+  listener_.metrics.startTls(metrics::StartTlsSide::Backend, metrics::StartTlsResult::Ok);
+  // The client sees only the plaintext greeting's status line, response codes removed.
+  std::string greeting = backendUpgrade_->greetingForClient();
+  backendUpgrade_.reset();
+  if (becomeReady()) {
+    relayFromBackend(greeting);
+  }
 }
 
 void Session::onBackendRead(std::span<const char> data) {
   if (phase_ == Phase::Connecting) {
-    // The first bytes are the greeting: the backend is usable, the client may talk now.
-    phase_ = Phase::Relaying;
-    std::uint64_t now = timer_->now();
-    listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt_) /
-                                              1000.0);
-    timer_->start(listener_.config.limits.idle_timeout);
-    if (client_->startReading() != 0) {
-      close(metrics::CloseReason::ClientClosed);
+    if (backendUpgrade_ != nullptr) {
+      upgradeBackend(data);
       return;
     }
-    if (phase_ == Phase::Closed) {
-      return; // bytes the client sent early ended the session while being relayed
+    if (!becomeReady()) {
+      return;
     }
   }
+  relayFromBackend(data);
+}
+
+bool Session::becomeReady() {
+  // The first bytes are the greeting: the backend is usable, the client may talk now.
+  phase_ = Phase::Relaying;
+  std::uint64_t now = timer_->now();
+  listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt_) / 1000.0);
+  timer_->start(listener_.config.limits.idle_timeout);
+  if (client_->startReading() != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return false;
+  }
+  // Bytes the client sent early may have ended the session while being relayed.
+  return phase_ != Phase::Closed;
+}
+
+void Session::relayFromBackend(std::span<const char> data) {
   lastActivity_ = timer_->now();
   bytesOut_ += data.size();
   listener_.metrics.bytesToClient(data.size());
@@ -232,6 +256,46 @@ void Session::onBackendRead(std::span<const char> data) {
   // Backpressure: a client that does not read stops us reading its backend.
   if (client_->pendingBytes() > net::ByteStream::kHighWater) {
     backend_->pauseReading();
+  }
+}
+
+// SPEC §5: backend STARTTLS fails closed. Anything but a clean go-ahead makes this a failed
+// backend (retried elsewhere), never a plaintext session.
+void Session::upgradeBackend(std::span<const char> data) {
+  using Step = protocol::BackendStartTls::Step;
+  using Failure = protocol::BackendStartTls::Failure;
+  protocol::BackendStartTls::Result result = backendUpgrade_->fromBackend(data);
+  switch (result.step) {
+  case Step::NeedMore:
+    return;
+  case Step::Send:
+    if (backend_->write(result.toBackend) != 0) {
+      backendFailed(metrics::BackendError::Closed, "write failed");
+    }
+    return;
+  case Step::StartTls: {
+    SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
+    if (ssl == nullptr) {
+      backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
+      return;
+    }
+    auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
+    backend_ = stream;
+    backendTls_ = &stream->engine();
+    stream->begin();
+    return;
+  }
+  case Step::Failed:
+    if (result.failure == Failure::Greeting) {
+      backendFailed(metrics::BackendError::Greeting, result.reason);
+      return;
+    }
+    listener_.metrics.startTls(metrics::StartTlsSide::Backend,
+                               result.failure == Failure::Injection
+                                   ? metrics::StartTlsResult::InjectionRejected
+                                   : metrics::StartTlsResult::Refused);
+    backendFailed(metrics::BackendError::Tls, result.reason);
+    return;
   }
 }
 
@@ -408,6 +472,10 @@ void Session::onClientError(int status) {
 
 void Session::onBackendError(int status) {
   if (phase_ == Phase::Connecting) {
+    if (status == net::kTlsFailure && backendUpgrade_ != nullptr) {
+      listener_.metrics.startTls(metrics::StartTlsSide::Backend,
+                                 metrics::StartTlsResult::HandshakeFailed);
+    }
     if (status == net::kTlsFailure) {
       backendFailed(metrics::BackendError::Tls,
                     backendTls_ != nullptr ? backendTls_->error() : "TLS failure");

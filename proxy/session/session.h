@@ -105,6 +105,12 @@ private:
   void onTimer() override;
 
   void handshakeFailed(const std::string& why);
+  // The backend greeted (or finished its STARTTLS): the session relays from now on. False when
+  // the session ended meanwhile.
+  bool becomeReady();
+  void relayFromBackend(std::span<const char> data);
+  // One step of backend-side STARTTLS.
+  void upgradeBackend(std::span<const char> data);
   // Carries out what the protocol filter decided.
   void apply(protocol::Output& out);
   // STARTTLS go-ahead given: the client's TCP stream continues as TLS.
@@ -124,6 +130,8 @@ private:
   std::unique_ptr<protocol::Filter> filter_;
   protocol::Output output_;
   bool clientUpgrading_ = false;         // STARTTLS handshake under way
+  // Backend-side STARTTLS dialogue, until the backend's TLS handshake finishes.
+  std::unique_ptr<protocol::BackendStartTls> backendUpgrade_;
   std::uint64_t upgradeStartedAt_ = 0;
   const tls::Engine* clientTls_ = nullptr; // for the access log; owned by the client stream
   const tls::Engine* backendTls_ = nullptr;

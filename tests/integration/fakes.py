@@ -80,3 +80,22 @@ def greet_then_die(conn):
     conn.recv(1024)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     conn.close()
+
+
+def scripted(greeting, replies):
+    """Sends `greeting`, then answers the n-th line the client sends with replies[n]."""
+    def behaviour(conn):
+        conn.sendall(greeting)
+        conn.settimeout(30)
+        buffer = b""
+        for reply in replies:
+            while b"\n" not in buffer:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buffer += chunk
+            _, buffer = buffer.split(b"\n", 1)
+            conn.sendall(reply)
+        while conn.recv(4096):
+            pass
+    return behaviour

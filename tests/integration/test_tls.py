@@ -20,6 +20,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fakes  # noqa: E402
 import harness  # noqa: E402
 import pki as pki_module  # noqa: E402
 from harness import DOMAIN, PASSWORD, USER  # noqa: E402
@@ -353,6 +354,95 @@ class TlsBackends(PosternCase):
         self.assertTrue(harness.wait_until(lambda: postern.metric(
             "postern_backend_errors_total", backend="secure", reason="tls") == 1))
         self.assertIn("certificate verify failed", postern.log())
+
+
+class StartTlsBackends(PosternCase):
+    """tls = "starttls" towards Dovecot and Postfix that insist on TLS (SPEC §4, §5)."""
+
+    def config(self, servers_by_protocol, retries=0):
+        text = '[metrics]\nlisten = "127.0.0.1:0"\n'
+        for protocol, (host, port) in servers_by_protocol.items():
+            text += (f'\n[[listener]]\nname = "{protocol}"\nprotocol = "{protocol}"\n'
+                     f'listen = "127.0.0.1:0"\nbackend = "{protocol}-pool"\n'
+                     f'\n[[backend]]\nname = "{protocol}-pool"\nservers = ["{host}:{port}"]\n'
+                     f'tls = "starttls"\nca_file = "{pki.path("ca.pem")}"\nretries = {retries}\n')
+        return text
+
+    def test_each_protocol_upgrades_before_the_greeting_is_relayed(self):
+        postern = self.start_postern(self.config({
+            "imap": ("127.0.0.3", tls_servers.imap_port),
+            "pop3": ("127.0.0.3", tls_servers.pop3_port),
+            "smtp": ("127.0.0.3", tls_servers.smtp_port)}))
+        # Dovecot refuses plaintext logins from 127.0.0.1, so a login proves TLS underneath.
+        imap = imaplib.IMAP4(*postern.address("imap"))
+        self.assertEqual(imap.welcome, b"* OK Dovecot (Debian) ready.",
+                         "only the status line, without capabilities learned in plaintext")
+        imap.login(USER, PASSWORD)
+        self.assertEqual(imap.select("INBOX", readonly=True)[0], "OK")
+        imap.logout()
+        pop = poplib.POP3(*postern.address("pop3"))
+        self.assertEqual(pop.getwelcome(), b"+OK Dovecot (Debian) ready.")
+        pop.user(USER)
+        pop.pass_(PASSWORD)
+        pop.quit()
+        subject = f"backend-starttls-{uuid.uuid4()}"
+        with smtplib.SMTP(*postern.address("smtp")) as smtp:
+            smtp.sendmail(f"bob@{DOMAIN}", [f"{USER}@{DOMAIN}"], f"Subject: {subject}\r\n\r\nx\r\n")
+        self.assertTrue(harness.wait_until(
+            lambda: any(subject in m for m in tls_servers.delivered_messages()), timeout=20))
+        for protocol in ("imap", "pop3", "smtp"):
+            self.assertEqual(postern.metric("postern_starttls_total", listener=protocol,
+                                            side="backend", result="ok"), 1, protocol)
+        with open(tls_servers.postfix_log, errors="replace") as f:
+            self.assertRegex(f.read(), r"ehlo=2 starttls=1 mail=1 rcpt=1 data=1")
+
+    def fake(self, greeting, replies):
+        fake = fakes.FakeBackend(fakes.scripted(greeting, replies))
+        self.addCleanup(fake.stop)
+        return ("127.0.0.1", fake.port)
+
+    def test_backends_that_do_not_upgrade_cleanly_fail_closed(self):
+        cases = {
+            "injects": (b"* OK [ALERT] hi\r\n",
+                        [b"* CAPABILITY IMAP4rev1 STARTTLS\r\nP1 OK done\r\n",
+                         b"P2 OK go\r\n* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] forged\r\n"],
+                        "injection_rejected"),
+            "omits": (b"* OK [ALERT] secret plaintext notice\r\n",
+                      [b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nP1 OK done\r\n"], "refused"),
+            "refuses": (b"* OK hi\r\n", [b"* CAPABILITY IMAP4rev1 STARTTLS\r\nP1 OK\r\n",
+                                          b"P2 NO [UNAVAILABLE] not today\r\n"], "refused"),
+            "preauth": (b"* PREAUTH [ALERT] welcome back\r\n", [], None),
+        }
+        for name, (greeting, replies, result) in cases.items():
+            postern = self.start_postern(self.config({"imap": self.fake(greeting, replies)}))
+            with socket.create_connection(postern.address("imap"), timeout=15) as sock:
+                data = b""
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            self.assertTrue(data.startswith(b"* BYE [UNAVAILABLE]"), f"{name}: {data!r}")
+            self.assertNotIn(b"ALERT", data, name)
+            self.assertNotIn(b"forged", data, name)
+            self.assertTrue(harness.wait_until(lambda: postern.metric(
+                "postern_sessions_closed_total", reason="backend_unavailable") == 1), name)
+            if result is not None:
+                self.assertEqual(postern.metric("postern_starttls_total", side="backend",
+                                                result=result), 1, name)
+            postern.cleanup()
+
+    def test_a_failed_upgrade_is_retried_on_another_server(self):
+        bad = self.fake(b"* OK hi\r\n", [b"* CAPABILITY IMAP4rev1\r\nP1 OK\r\n"])
+        text = self.config({"imap": bad}, retries=1).replace(
+            f'servers = ["{bad[0]}:{bad[1]}"]',
+            f'servers = ["{bad[0]}:{bad[1]}", "127.0.0.3:{tls_servers.imap_port}"]')
+        postern = self.start_postern(text)
+        for _ in range(2):
+            with imaplib.IMAP4(*postern.address("imap")) as imap:
+                imap.login(USER, PASSWORD)
+                imap.logout()
+        self.assertGreaterEqual(postern.metric("postern_backend_errors_total", reason="tls"), 1)
 
 
 class Reload(PosternCase):

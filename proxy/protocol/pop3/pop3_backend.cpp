@@ -1,0 +1,87 @@
+// POP3 backend STLS (RFC 2595 §4): greeting, CAPA, STLS; a missing STLS, a refusal or bytes
+// after the go-ahead make the backend a failed one.
+#include "proxy/protocol/backend_starttls.h"
+#include "proxy/protocol/line_reader.h"
+
+namespace protocol {
+
+namespace {
+
+class Pop3BackendStartTls final : public BackendStartTls {
+public:
+  Result fromBackend(std::span<const char> data) override {
+    reader_.append(data);
+    Result result;
+    while (auto line = reader_.nextLine()) {
+      std::string_view text = chomp(*line);
+      switch (state_) {
+      case State::Greeting:
+        if (!text.starts_with("+OK")) {
+          return fail(Failure::Greeting, "greeting was not \"+OK\": " + std::string(text));
+        }
+        greeting_ = "+OK " + withoutResponseCodes(text.size() > 4 ? text.substr(4) : "") + "\r\n";
+        state_ = State::CapaStatus;
+        result.step = Step::Send;
+        result.toBackend = "CAPA\r\n";
+        return result;
+      case State::CapaStatus:
+        if (!text.starts_with("+OK")) {
+          return fail(Failure::NoStartTls, "server does not offer STLS (no CAPA)");
+        }
+        state_ = State::CapaLines;
+        break;
+      case State::CapaLines:
+        if (text == ".") {
+          if (!offered_) {
+            return fail(Failure::NoStartTls, "server does not offer STLS");
+          }
+          state_ = State::Stls;
+          result.step = Step::Send;
+          result.toBackend = "STLS\r\n";
+          return result;
+        }
+        offered_ = offered_ || equalsNoCase(splitWord(text).first, "STLS");
+        break;
+      case State::Stls:
+        if (!text.starts_with("+OK")) {
+          return fail(Failure::Refused, "STLS refused: " + std::string(text));
+        }
+        if (!reader_.empty()) {
+          return fail(Failure::Injection, "bytes after the STLS reply");
+        }
+        result.step = Step::StartTls;
+        return result;
+      }
+    }
+    if (reader_.tooLong()) {
+      return fail(Failure::Greeting, "line too long");
+    }
+    return result;
+  }
+
+  std::string greetingForClient() const override { return greeting_; }
+
+private:
+  enum class State { Greeting, CapaStatus, CapaLines, Stls };
+
+  static Result fail(Failure failure, std::string reason) {
+    Result result;
+    result.step = Step::Failed;
+    result.failure = failure;
+    result.reason = std::move(reason);
+    return result;
+  }
+
+  LineReader reader_{8192};
+  State state_ = State::Greeting;
+  bool offered_ = false;
+  std::string greeting_;
+};
+
+} // namespace
+
+std::unique_ptr<BackendStartTls> makePop3BackendStartTls() {
+  return std::make_unique<Pop3BackendStartTls>();
+}
+
+} // namespace protocol
