@@ -35,6 +35,8 @@ public:
   const sockaddr_storage& peer() const override { return tcp_->peer(); }
 
   const tls::Engine& engine() const { return *engine_; }
+  // Ciphertext that reached the owner before the stream was wrapped (after a PROXY header).
+  void receive(std::span<const char> ciphertext) { onRead(ciphertext); }
 
   TlsStream(TcpStream* tcp, std::unique_ptr<tls::Engine> engine, StreamHandler* handler);
 

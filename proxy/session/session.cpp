@@ -4,6 +4,7 @@
 
 #include "proxy/log.h"
 #include "proxy/net/tls_stream.h"
+#include "proxy/protocol/proxy_header.h"
 #include "tls/engine.h"
 
 namespace session {
@@ -32,7 +33,9 @@ bool Session::start(uv_stream_t* listening) {
   }
   client_ = tcp;
   clientTcp_ = tcp;
-  clientAddress_ = net::formatAddress(tcp->peer());
+  clientPeer_ = tcp->peer();
+  clientLocal_ = tcp->local();
+  clientAddress_ = net::formatAddress(clientPeer_);
   protocol::Policy policy;
   policy.listenerTls = listener_.config.tls;
   policy.requireTls = listener_.config.require_tls;
@@ -42,13 +45,70 @@ bool Session::start(uv_stream_t* listening) {
   timer_ = net::Timer::create(loop_, this);
   startedAt_ = timer_->now();
   lastActivity_ = startedAt_;
+  if (listener_.config.accept_proxy_protocol) {
+    // Only a load balancer we trust may say who the client is.
+    bool trusted = false;
+    for (const config::Cidr& network : listener_.config.trusted_proxies) {
+      trusted = trusted || protocol::cidrContains(network, clientPeer_);
+    }
+    if (!trusted) {
+      logging::warn("PROXY header refused", {{"listener", listener_.config.name},
+                                             {"client", clientAddress_},
+                                             {"error", "not in trusted_proxies"}});
+      close(metrics::CloseReason::ProtocolError);
+      return true;
+    }
+    phase_ = Phase::ProxyHeader;
+    timer_->start(listener_.config.limits.preauth_timeout);
+    client_->startReading();
+    return true;
+  }
+  begin();
+  return true;
+}
+
+void Session::begin() {
+  accepted_ = true;
   listener_.metrics.accepted();
   if (listener_.config.tls == config::TlsMode::Implicit) {
-    startTls(tcp);
+    startTls(clientTcp_);
   } else {
+    phase_ = Phase::Connecting;
     connectBackend();
   }
-  return true;
+}
+
+void Session::readProxyHeader(std::span<const char> data) {
+  proxyHeader_.append(data.data(), data.size());
+  protocol::ProxyHeader header = protocol::parseProxyHeader(proxyHeader_);
+  if (header.status == protocol::ProxyHeader::Status::NeedMore) {
+    return;
+  }
+  if (header.status == protocol::ProxyHeader::Status::Invalid) {
+    logging::warn("PROXY header refused", {{"listener", listener_.config.name},
+                                           {"client", clientAddress_},
+                                           {"error", header.error}});
+    close(metrics::CloseReason::ProtocolError);
+    return;
+  }
+  if (header.hasAddresses) {
+    clientPeer_ = header.source;
+    clientLocal_ = header.destination;
+    clientAddress_ = net::formatAddress(clientPeer_);
+  }
+  std::string rest = proxyHeader_.substr(header.consumed);
+  std::string().swap(proxyHeader_);
+  timer_->stop();
+  client_->pauseReading();
+  begin();
+  if (rest.empty() || phase_ == Phase::Closed) {
+    return;
+  }
+  if (phase_ == Phase::Handshaking) {
+    static_cast<net::TlsStream*>(client_)->receive(rest); // the start of the ClientHello
+  } else {
+    earlyClient_ = std::move(rest); // relayed once the backend has greeted
+  }
 }
 
 // Implicit TLS: the handshake comes first; the backend is only connected for a client that
@@ -170,6 +230,14 @@ void Session::onBackendConnected(int status) {
                   uv_strerror(status));
     return;
   }
+  // The PROXY header comes first on the wire, before TLS or anything of the protocol.
+  if (config::ProxyProtocol version = listener_.pool->config().send_proxy_protocol;
+      version != config::ProxyProtocol::Off) {
+    if (backendTcp_->write(protocol::encodeProxyHeader(version, clientPeer_, clientLocal_)) != 0) {
+      backendFailed(metrics::BackendError::Closed, "cannot send the PROXY header");
+      return;
+    }
+  }
   switch (listener_.pool->config().tls) {
   case config::TlsMode::Implicit: {
     SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
@@ -236,6 +304,11 @@ bool Session::becomeReady() {
     close(metrics::CloseReason::ClientClosed);
     return false;
   }
+  if (!earlyClient_.empty() && phase_ == Phase::Relaying) {
+    std::string early;
+    early.swap(earlyClient_);
+    onClientRead(early);
+  }
   // Bytes the client sent early may have ended the session while being relayed.
   return phase_ != Phase::Closed;
 }
@@ -300,6 +373,10 @@ void Session::upgradeBackend(std::span<const char> data) {
 }
 
 void Session::onClientRead(std::span<const char> data) {
+  if (phase_ == Phase::ProxyHeader) {
+    readProxyHeader(data);
+    return;
+  }
   if (phase_ != Phase::Relaying) {
     return;
   }
@@ -406,6 +483,7 @@ void Session::onBackendDrained() {
 // the session ends when both directions have finished.
 void Session::onClientEnd() {
   if (phase_ != Phase::Relaying) {
+    // (Before a PROXY header was complete this is a refused connection, counted as such.)
     close(metrics::CloseReason::ClientClosed);
     return;
   }
@@ -492,6 +570,12 @@ void Session::onBackendError(int status) {
 
 void Session::onTimer() {
   switch (phase_) {
+  case Phase::ProxyHeader:
+    logging::warn("PROXY header refused", {{"listener", listener_.config.name},
+                                           {"client", clientAddress_},
+                                           {"error", "timeout"}});
+    close(metrics::CloseReason::Timeout);
+    return;
   case Phase::Handshaking:
     handshakeFailed("timeout");
     return;
@@ -528,6 +612,17 @@ void Session::close(metrics::CloseReason reason) {
   std::uint64_t now = timer_->now();
   double seconds = static_cast<double>(now - startedAt_) / 1000.0;
   std::string backendAddress = server_ != nullptr ? server_->addressText : "";
+  if (!accepted_) {
+    // Refused before it became a session (no trusted PROXY header): counted as rejected only.
+    listener_.metrics.rejected(metrics::RejectReason::ProxyHeader);
+    releaseBackend();
+    client_->close();
+    client_ = nullptr;
+    timer_->close();
+    timer_ = nullptr;
+    owner_.onSessionClosed(*this);
+    return;
+  }
   listener_.metrics.closed(reason, seconds);
   logging::access({{"listener", listener_.config.name},
                    {"protocol", listener_.protocol->name},

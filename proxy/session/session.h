@@ -46,7 +46,7 @@ protected:
 
 class Session final : private net::TimerHandler {
 public:
-  enum class Phase { Handshaking, Connecting, Relaying, Closed };
+  enum class Phase { ProxyHeader, Handshaking, Connecting, Relaying, Closed };
 
   Session(SessionOwner& owner, ListenerContext& listener, uv_loop_t* loop);
   ~Session();
@@ -86,6 +86,9 @@ private:
     void onDrained() override { session.onBackendDrained(); }
   };
 
+  // The connection is a session now: counted, then TLS or the backend.
+  void begin();
+  void readProxyHeader(std::span<const char> data);
   void startTls(net::TcpStream* tcp);
   void connectBackend();
   void backendFailed(metrics::BackendError reason, const std::string& detail = "");
@@ -148,6 +151,11 @@ private:
   bool clientEnded_ = false;
   bool backendEnded_ = false;
   std::string clientAddress_;
+  sockaddr_storage clientPeer_{};  // the real client (from a trusted PROXY header, if any)
+  sockaddr_storage clientLocal_{}; // the address it connected to
+  std::string proxyHeader_;        // a PROXY header being read
+  std::string earlyClient_;        // client bytes that came with the PROXY header
+  bool accepted_ = false;          // counted as accepted (not refused before that)
   std::string tlsVersion_;
   std::string tlsCipher_;
 };

@@ -87,6 +87,10 @@ class MailServers:
         self.pop3_port = ports.get("pop3") or free_port(host)
         self.smtp_port = ports.get("smtp") or free_port(host)
         self.submission_port = ports.get("submission") or free_port(host)
+        # Listeners that expect a PROXY protocol header (Dovecot: v1/v2; Postfix: v1/v2).
+        self.imap_proxy_port = free_port(host)
+        self.pop3_proxy_port = free_port(host)
+        self.smtp_proxy_port = free_port(host)
         self.dovecot = None
         self.postfix_dir = os.path.join(self.run, "postfix")
         self.postfix_started = False
@@ -138,6 +142,7 @@ auth_verbose = yes
 mail_location = maildir:~/Maildir
 first_valid_uid = {MAIL_UID}
 mail_max_userip_connections = 1000
+haproxy_trusted_networks = 127.0.0.0/8
 pop3_uidl_format = %08Xu%08Xv
 default_login_user = dovenull
 default_internal_user = dovecot
@@ -157,6 +162,10 @@ service imap-login {{
     port = {self.imaps_port}
     ssl = yes
   }}
+  inet_listener imap_haproxy {{
+    port = {self.imap_proxy_port}
+    haproxy = yes
+  }}
 }}
 service pop3-login {{
   inet_listener pop3 {{
@@ -165,6 +174,10 @@ service pop3-login {{
   inet_listener pop3s {{
     port = {self.pop3s_port}
     ssl = yes
+  }}
+  inet_listener pop3_haproxy {{
+    port = {self.pop3_proxy_port}
+    haproxy = yes
   }}
 }}
 service auth {{
@@ -240,6 +253,8 @@ smtpd_authorized_xclient_hosts = 127.0.0.0/8
   -o smtpd_sasl_type=dovecot
   -o smtpd_sasl_path={self.run}/dovecot-auth
   -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
+{self.host}:{self.smtp_proxy_port} inet n - n - - smtpd
+  -o smtpd_upstream_proxy_protocol=haproxy
 pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr

@@ -1,0 +1,36 @@
+// The PROXY protocol (HAProxy, versions 1 and 2): encoding the header postern sends to backends
+// and parsing the header a trusted load balancer sends to postern. Pure: bytes and addresses.
+#pragma once
+
+#include "config/model.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+namespace protocol {
+
+// `source` is the client, `destination` the address it connected to.
+std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_storage& source,
+                              const sockaddr_storage& destination);
+
+struct ProxyHeader {
+  enum class Status { NeedMore, Invalid, Done };
+  Status status = Status::NeedMore;
+  std::size_t consumed = 0; // header bytes, when Done
+  bool hasAddresses = false; // false for LOCAL / UNKNOWN: keep the connection's own addresses
+  sockaddr_storage source{};
+  sockaddr_storage destination{};
+  std::string error;
+};
+
+// Parses a header at the start of `data` (v1 text or v2 binary, detected by their signatures).
+ProxyHeader parseProxyHeader(std::span<const char> data);
+
+// Whether `address` lies in `network`.
+bool cidrContains(const config::Cidr& network, const sockaddr_storage& address);
+
+} // namespace protocol
