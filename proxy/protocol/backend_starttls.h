@@ -18,6 +18,7 @@ public:
     Send,     // send `toBackend`
     StartTls, // the backend agreed: start the TLS handshake now
     Failed,   // the backend is unusable: `reason`
+    Ready,    // (SMTP XCLIENT) done: relay greetingForClient() and then everything
   };
   enum class Failure { Greeting, NoStartTls, Refused, Injection };
   struct Result {
@@ -37,6 +38,33 @@ public:
 std::unique_ptr<BackendStartTls> makeImapBackendStartTls();
 std::unique_ptr<BackendStartTls> makePop3BackendStartTls();
 std::unique_ptr<BackendStartTls> makeSmtpBackendStartTls(std::string_view hostname);
+
+// SMTP XCLIENT (Postfix): after the greeting (or after backend STARTTLS, when `greeting` is the
+// one the client is to see), EHLO; when the server offers XCLIENT, send `command` and relay the
+// server's new greeting instead. Not offered or refused: the session goes on without it.
+class SmtpXclient {
+public:
+  SmtpXclient(std::string_view hostname, std::string command, std::string greeting);
+  // The first step when the greeting is already known (after backend STARTTLS): send EHLO.
+  BackendStartTls::Result start();
+  BackendStartTls::Result fromBackend(std::span<const char> data);
+  const std::string& greetingForClient() const { return greeting_; }
+  bool forwarded() const { return forwarded_; }
+
+private:
+  enum class State { Greeting, Ehlo, Xclient };
+  std::string hostname_;
+  std::string command_;
+  std::string greeting_;
+  std::string reply_;
+  State state_;
+  bool offered_ = false;
+  bool forwarded_ = false;
+  std::string buffer_;
+};
+
+// "XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP\r\n" for a client address.
+std::string xclientCommand(const std::string& ip, bool ipv6, unsigned port);
 
 // "[ALERT] text" -> "text": drops leading bracketed response codes.
 std::string withoutResponseCodes(std::string_view text);

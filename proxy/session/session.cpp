@@ -196,6 +196,7 @@ void Session::releaseBackend() {
   backendTcp_ = nullptr;
   backendTls_ = nullptr;
   backendUpgrade_.reset();
+  xclient_.reset();
   if (server_ != nullptr) {
     --server_->active;
     server_ = nullptr;
@@ -229,6 +230,11 @@ void Session::onBackendConnected(int status) {
                                          : metrics::BackendError::Refused,
                   uv_strerror(status));
     return;
+  }
+  if (listener_.config.protocol == config::Protocol::Smtp &&
+      listener_.pool->config().smtp_xclient) {
+    xclient_ = std::make_unique<protocol::SmtpXclient>(protocol::hostname(),
+                                                       xclientCommandForClient(), "");
   }
   // The PROXY header comes first on the wire, before TLS or anything of the protocol.
   if (config::ProxyProtocol version = listener_.pool->config().send_proxy_protocol;
@@ -276,6 +282,13 @@ void Session::onBackendSecured() {
   // The client sees only the plaintext greeting's status line, response codes removed.
   std::string greeting = backendUpgrade_->greetingForClient();
   backendUpgrade_.reset();
+  if (xclient_ != nullptr) {
+    // After TLS the server waits for EHLO; XCLIENT follows over TLS.
+    xclient_ = std::make_unique<protocol::SmtpXclient>(protocol::hostname(),
+                                                       xclientCommandForClient(), greeting);
+    xclientStep(xclient_->start());
+    return;
+  }
   if (becomeReady()) {
     relayFromBackend(greeting);
   }
@@ -285,6 +298,10 @@ void Session::onBackendRead(std::span<const char> data) {
   if (phase_ == Phase::Connecting) {
     if (backendUpgrade_ != nullptr) {
       upgradeBackend(data);
+      return;
+    }
+    if (xclient_ != nullptr) {
+      xclientStep(xclient_->fromBackend(data));
       return;
     }
     if (!becomeReady()) {
@@ -332,6 +349,48 @@ void Session::relayFromBackend(std::span<const char> data) {
   }
 }
 
+std::string Session::xclientCommandForClient() const {
+  std::string text = net::formatAddress(clientPeer_);
+  bool ipv6 = clientPeer_.ss_family == AF_INET6;
+  std::size_t colon = text.rfind(':');
+  std::string ip = text.substr(0, colon);
+  if (ipv6) {
+    ip = ip.substr(1, ip.size() - 2); // strip the brackets
+  }
+  return protocol::xclientCommand(ip, ipv6, static_cast<unsigned>(std::stoul(text.substr(colon + 1))));
+}
+
+// SMTP XCLIENT: the backend learns the client's address before the client says anything.
+void Session::xclientStep(const protocol::BackendStartTls::Result& result) {
+  using Step = protocol::BackendStartTls::Step;
+  switch (result.step) {
+  case Step::NeedMore:
+  case Step::StartTls:
+    return;
+  case Step::Send:
+    if (backend_->write(result.toBackend) != 0) {
+      backendFailed(metrics::BackendError::Closed, "write failed");
+    }
+    return;
+  case Step::Failed:
+    backendFailed(metrics::BackendError::Greeting, result.reason);
+    return;
+  case Step::Ready: {
+    if (!xclient_->forwarded()) {
+      logging::info("XCLIENT not used", {{"listener", listener_.config.name},
+                                         {"server", server_ != nullptr ? server_->name : "-"},
+                                         {"reason", "not offered or refused by the server"}});
+    }
+    std::string greeting = xclient_->greetingForClient();
+    xclient_.reset();
+    if (becomeReady()) {
+      relayFromBackend(greeting);
+    }
+    return;
+  }
+  }
+}
+
 // SPEC §5: backend STARTTLS fails closed. Anything but a clean go-ahead makes this a failed
 // backend (retried elsewhere), never a plaintext session.
 void Session::upgradeBackend(std::span<const char> data) {
@@ -340,6 +399,7 @@ void Session::upgradeBackend(std::span<const char> data) {
   protocol::BackendStartTls::Result result = backendUpgrade_->fromBackend(data);
   switch (result.step) {
   case Step::NeedMore:
+  case Step::Ready:
     return;
   case Step::Send:
     if (backend_->write(result.toBackend) != 0) {

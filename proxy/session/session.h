@@ -114,6 +114,8 @@ private:
   void relayFromBackend(std::span<const char> data);
   // One step of backend-side STARTTLS.
   void upgradeBackend(std::span<const char> data);
+  void xclientStep(const protocol::BackendStartTls::Result& result);
+  std::string xclientCommandForClient() const;
   // Carries out what the protocol filter decided.
   void apply(protocol::Output& out);
   // STARTTLS go-ahead given: the client's TCP stream continues as TLS.
@@ -135,6 +137,8 @@ private:
   bool clientUpgrading_ = false;         // STARTTLS handshake under way
   // Backend-side STARTTLS dialogue, until the backend's TLS handshake finishes.
   std::unique_ptr<protocol::BackendStartTls> backendUpgrade_;
+  // SMTP XCLIENT dialogue (smtp_xclient pools), before the greeting is relayed.
+  std::unique_ptr<protocol::SmtpXclient> xclient_;
   std::uint64_t upgradeStartedAt_ = 0;
   const tls::Engine* clientTls_ = nullptr; // for the access log; owned by the client stream
   const tls::Engine* backendTls_ = nullptr;

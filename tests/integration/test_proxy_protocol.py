@@ -51,7 +51,8 @@ def config(trusted='["127.0.0.0/8"]'):
     text = (f'[metrics]\nlisten = "127.0.0.1:0"\n[tls]\ncertificates = [{{ cert = '
             f'"{pki.path("mail-ecdsa.pem")}", key = "{pki.path("mail-ecdsa.key")}" }}]\n')
     listeners = [("imap", "imap", "none", "imap-v2"), ("imaps", "imap", "implicit", "imap-v2"),
-                 ("pop3", "pop3", "none", "pop3-v1"), ("smtp", "smtp", "none", "smtp-v2")]
+                 ("pop3", "pop3", "none", "pop3-v1"), ("smtp", "smtp", "none", "smtp-v2"),
+                 ("smtp-xclient", "smtp", "none", "smtp-xclient")]
     for name, protocol, tls, pool in listeners:
         text += (f'\n[[listener]]\nname = "{name}"\nprotocol = "{protocol}"\n'
                  f'listen = "127.0.0.1:0"\ntls = "{tls}"\nbackend = "{pool}"\n'
@@ -61,6 +62,8 @@ def config(trusted='["127.0.0.0/8"]'):
                                 ("smtp-v2", servers.smtp_proxy_port, "v2")):
         text += (f'\n[[backend]]\nname = "{name}"\nservers = ["127.0.0.1:{port}"]\n'
                  f'send_proxy_protocol = "{version}"\n')
+    text += (f'\n[[backend]]\nname = "smtp-xclient"\nservers = ["127.0.0.1:{servers.smtp_port}"]\n'
+             'smtp_xclient = true\n')
     return text
 
 
@@ -138,6 +141,34 @@ class Forwarding(unittest.TestCase):
             servers.postfix_log, errors="replace").read(), timeout=10))
         self.assertTrue(harness.wait_until(
             lambda: any(subject in m for m in servers.delivered_messages()), timeout=20))
+
+
+    def test_smtp_xclient_tells_postfix_the_client_address(self):
+        client = "192.0.2.8"
+        sock = connect_with_header(self.postern.address("smtp-xclient"), v1(client, 40004))
+        f = sock.makefile("rb")
+        greeting = f.readline()
+        self.assertTrue(greeting.startswith(b"220 "), greeting)
+        subject = f"xclient-{uuid.uuid4()}"
+        sock.sendall(b"EHLO client.example\r\n")
+        ehlo = [f.readline()]
+        while ehlo[-1][3:4] == b"-":
+            ehlo.append(f.readline())
+        self.assertFalse([l for l in ehlo if b"XCLIENT" in l], "XCLIENT is postern's, not the client's")
+        sock.sendall(b"XCLIENT ADDR=203.0.113.9\r\n")
+        self.assertTrue(f.readline().startswith(b"550 "), "a client may not rename itself")
+        sock.sendall(f"MAIL FROM:<bob@{DOMAIN}>\r\nRCPT TO:<{USER}@{DOMAIN}>\r\nDATA\r\n".encode())
+        while not f.readline().startswith(b"354"):
+            pass
+        sock.sendall(f"Subject: {subject}\r\n\r\nx\r\n.\r\nQUIT\r\n".encode())
+        f.read()
+        f.close()
+        sock.close()
+        delivered = harness.wait_until(
+            lambda: [m for m in servers.delivered_messages() if subject in m], timeout=20)
+        self.assertTrue(delivered)
+        self.assertIn(f"[{client}]", delivered[0], "Postfix's Received: header names the client")
+        self.assertNotIn("203.0.113.9", delivered[0])
 
 
 class Refusals(unittest.TestCase):

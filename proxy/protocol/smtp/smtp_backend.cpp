@@ -93,4 +93,86 @@ std::unique_ptr<BackendStartTls> makeSmtpBackendStartTls(std::string_view hostna
   return std::make_unique<SmtpBackendStartTls>(hostname);
 }
 
+std::string xclientCommand(const std::string& ip, bool ipv6, unsigned port) {
+  // NAME=[UNAVAILABLE] stops the server from keeping postern's own name for the client.
+  return "XCLIENT NAME=[UNAVAILABLE] ADDR=" + std::string(ipv6 ? "IPV6:" : "") + ip +
+         " PORT=" + std::to_string(port) + " PROTO=ESMTP\r\n";
+}
+
+SmtpXclient::SmtpXclient(std::string_view hostname, std::string command, std::string greeting)
+    : hostname_(hostname), command_(std::move(command)), greeting_(std::move(greeting)),
+      state_(greeting_.empty() ? State::Greeting : State::Ehlo) {}
+
+BackendStartTls::Result SmtpXclient::start() {
+  BackendStartTls::Result result;
+  result.step = BackendStartTls::Step::Send;
+  result.toBackend = "EHLO " + hostname_ + "\r\n";
+  return result;
+}
+
+BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
+  using Step = BackendStartTls::Step;
+  buffer_.append(data.data(), data.size());
+  BackendStartTls::Result result;
+  std::size_t newline;
+  while ((newline = buffer_.find('\n')) != std::string::npos) {
+    std::string line = buffer_.substr(0, newline + 1);
+    buffer_.erase(0, newline + 1);
+    std::string_view text = chomp(line);
+    bool last = text.size() < 4 || text[3] != '-';
+    std::string_view code = text.substr(0, 3);
+    switch (state_) {
+    case State::Greeting:
+      if (code != "220") {
+        result.step = Step::Failed;
+        result.failure = BackendStartTls::Failure::Greeting;
+        result.reason = "greeting was not 220: " + std::string(text);
+        return result;
+      }
+      reply_ += line;
+      if (last) {
+        greeting_ = reply_;
+        reply_.clear();
+        state_ = State::Ehlo;
+        return start();
+      }
+      break;
+    case State::Ehlo:
+      if (code == "250" && text.size() > 4 &&
+          equalsNoCase(splitWord(text.substr(4)).first, "XCLIENT")) {
+        offered_ = true;
+      }
+      if (last) {
+        if (code != "250" || !offered_) {
+          result.step = Step::Ready; // nothing to forward the address with
+          return result;
+        }
+        state_ = State::Xclient;
+        result.step = Step::Send;
+        result.toBackend = command_;
+        return result;
+      }
+      break;
+    case State::Xclient:
+      reply_ += line;
+      if (last) {
+        // A 220 is the server's new greeting for the (now described) client.
+        if (code == "220") {
+          greeting_ = reply_;
+          forwarded_ = true;
+        }
+        result.step = Step::Ready;
+        return result;
+      }
+      break;
+    }
+  }
+  if (buffer_.size() > 8192) {
+    result.step = Step::Failed;
+    result.failure = BackendStartTls::Failure::Greeting;
+    result.reason = "line too long";
+  }
+  return result;
+}
+
 } // namespace protocol

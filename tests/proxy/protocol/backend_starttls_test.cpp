@@ -109,3 +109,32 @@ TEST(WithoutResponseCodes, DropsLeadingCodesOnly) {
 
 } // namespace
 } // namespace protocol
+
+namespace protocol {
+namespace {
+
+TEST(SmtpXclient, ForwardsTheClientAddressWhenOffered) {
+  SmtpXclient x("proxy.example", xclientCommand("192.0.2.7", false, 40000), "");
+  auto r = x.fromBackend(std::string_view("220 mx ESMTP\r\n"));
+  EXPECT_EQ(r.toBackend, "EHLO proxy.example\r\n");
+  r = x.fromBackend(std::string_view("250-mx\r\n250 XCLIENT NAME ADDR PORT PROTO HELO\r\n"));
+  EXPECT_EQ(r.toBackend, "XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP\r\n");
+  r = x.fromBackend(std::string_view("220 mx ESMTP for 192.0.2.7\r\n"));
+  EXPECT_EQ(r.step, BackendStartTls::Step::Ready);
+  EXPECT_TRUE(x.forwarded());
+  EXPECT_EQ(x.greetingForClient(), "220 mx ESMTP for 192.0.2.7\r\n");
+}
+
+TEST(SmtpXclient, GoesOnWithoutItWhenNotOffered) {
+  SmtpXclient x("p", xclientCommand("2001:db8::7", true, 1), "220 mx sanitised\r\n");
+  EXPECT_EQ(x.start().toBackend, "EHLO p\r\n");
+  auto r = x.fromBackend(std::string_view("250-mx\r\n250 8BITMIME\r\n"));
+  EXPECT_EQ(r.step, BackendStartTls::Step::Ready);
+  EXPECT_FALSE(x.forwarded());
+  EXPECT_EQ(x.greetingForClient(), "220 mx sanitised\r\n");
+  EXPECT_EQ(xclientCommand("2001:db8::7", true, 1),
+            "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 PORT=1 PROTO=ESMTP\r\n");
+}
+
+} // namespace
+} // namespace protocol
