@@ -445,6 +445,80 @@ class StartTlsBackends(PosternCase):
         self.assertGreaterEqual(postern.metric("postern_backend_errors_total", reason="tls"), 1)
 
 
+class Matrix(PosternCase):
+    """SPEC §4: client side {none, starttls, implicit} x backend side {none, starttls, implicit}
+    for all three protocols, each cell a real login (or delivery) through postern."""
+
+    MODES = ("none", "starttls", "implicit")
+
+    def backend_address(self, protocol, mode):
+        if mode == "none":
+            return "127.0.0.1", {"imap": servers.imap_port, "pop3": servers.pop3_port,
+                                 "smtp": servers.smtp_port}[protocol]
+        ports = {"starttls": {"imap": tls_servers.imap_port, "pop3": tls_servers.pop3_port,
+                              "smtp": tls_servers.smtp_port},
+                 "implicit": {"imap": tls_servers.imaps_port, "pop3": tls_servers.pop3s_port,
+                              "smtp": tls_servers.smtps_port}}
+        return "127.0.0.3", ports[mode][protocol]
+
+    def test_every_combination(self):
+        text = '[metrics]\nlisten = "127.0.0.1:0"\n' + tls_section()
+        for protocol in ("imap", "pop3", "smtp"):
+            for backend in self.MODES:
+                host, port = self.backend_address(protocol, backend)
+                text += (f'\n[[backend]]\nname = "{protocol}-{backend}"\n'
+                         f'servers = ["{host}:{port}"]\ntls = "{backend}"\n'
+                         f'ca_file = "{pki.path("ca.pem")}"\nretries = 0\n')
+                for client in self.MODES:
+                    text += (f'\n[[listener]]\nname = "{protocol}-{client}-{backend}"\n'
+                             f'protocol = "{protocol}"\nlisten = "127.0.0.1:0"\n'
+                             f'tls = "{client}"\nbackend = "{protocol}-{backend}"\n')
+                    if client == "starttls" and protocol == "smtp":
+                        text += "require_tls = false\n"
+        postern = self.start_postern(text)
+        failures = []
+        for protocol in ("imap", "pop3", "smtp"):
+            for client in self.MODES:
+                for backend in self.MODES:
+                    name = f"{protocol}-{client}-{backend}"
+                    try:
+                        getattr(self, protocol)(postern.address(name), client, backend)
+                    except Exception as error:  # collect every cell, then report
+                        failures.append(f"{name}: {error!r}")
+        self.assertEqual(failures, [])
+
+    def imap(self, address, client, backend):
+        imap = (imaplib.IMAP4_SSL(*address, ssl_context=client_context()) if client == "implicit"
+                else imaplib.IMAP4(*address))
+        if client == "starttls":
+            imap.starttls(ssl_context=client_context())
+        imap.login(USER, PASSWORD)
+        assert imap.select("INBOX", readonly=True)[0] == "OK"
+        imap.logout()
+
+    def pop3(self, address, client, backend):
+        pop = (poplib.POP3_SSL(*address, context=client_context()) if client == "implicit"
+               else poplib.POP3(*address))
+        if client == "starttls":
+            pop.stls(context=client_context())
+        pop.user(USER)
+        pop.pass_(PASSWORD)
+        assert pop.stat()[0] >= 2
+        pop.quit()
+
+    def smtp(self, address, client, backend):
+        subject = f"matrix-{client}-{backend}-{uuid.uuid4()}"
+        smtp = (smtplib.SMTP_SSL(*address, context=client_context()) if client == "implicit"
+                else smtplib.SMTP(*address))
+        if client == "starttls":
+            smtp.starttls(context=client_context())
+        smtp.sendmail(f"bob@{DOMAIN}", [f"{USER}@{DOMAIN}"], f"Subject: {subject}\r\n\r\nx\r\n")
+        smtp.quit()
+        where = servers if backend == "none" else tls_servers
+        assert harness.wait_until(
+            lambda: any(subject in m for m in where.delivered_messages()), timeout=20), subject
+
+
 class Reload(PosternCase):
     def test_sighup_reloads_certificates_without_dropping_sessions(self):
         postern = self.start_postern(implicit_config())
