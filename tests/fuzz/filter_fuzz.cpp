@@ -1,5 +1,6 @@
 // libFuzzer target for the protocol filters: arbitrary bytes from both sides, any policy, any
 // split into reads. Built by the `fuzz` preset (clang); run for a bounded time by the suite.
+#include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
 
 #include <cstddef>
@@ -43,6 +44,45 @@ void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
   }
 }
 
+// Backend-side dialogues (STARTTLS, XCLIENT): whatever the backend says, in any reads.
+void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
+  std::unique_ptr<protocol::BackendStartTls> upgrade;
+  switch (selector % 3) {
+  case 0:
+    upgrade = protocol::makeImapBackendStartTls();
+    break;
+  case 1:
+    upgrade = protocol::makePop3BackendStartTls();
+    break;
+  default:
+    upgrade = protocol::makeSmtpBackendStartTls("fuzz.example");
+    break;
+  }
+  protocol::SmtpXclient xclient("fuzz.example", protocol::xclientCommand("192.0.2.1", false, 1),
+                                "");
+  std::size_t start = 0;
+  bool upgradeDone = false;
+  bool xclientDone = false;
+  while (start < size) {
+    std::size_t end = start;
+    while (end < size && data[end] != 0xFF) {
+      ++end;
+    }
+    std::span<const char> bytes(reinterpret_cast<const char*>(data + start), end - start);
+    if (!upgradeDone) {
+      auto step = upgrade->fromBackend(bytes).step;
+      upgradeDone = step == protocol::BackendStartTls::Step::Failed ||
+                    step == protocol::BackendStartTls::Step::StartTls;
+    }
+    if (!xclientDone) {
+      auto step = xclient.fromBackend(bytes).step;
+      xclientDone = step == protocol::BackendStartTls::Step::Failed ||
+                    step == protocol::BackendStartTls::Step::Ready;
+    }
+    start = end + 1;
+  }
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -50,6 +90,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   std::uint8_t selector = data[0];
+  if ((selector & 0x80) != 0) {
+    runBackend(data + 1, size - 1, selector);
+    return 0;
+  }
   protocol::Policy policy;
   policy.listenerTls = static_cast<config::TlsMode>((selector >> 2) % 3);
   policy.requireTls = policy.listenerTls != config::TlsMode::None && (selector & 0x10) != 0;
