@@ -308,8 +308,7 @@ void readTls(Loader& loader, const toml::table& table) {
         loader.config.locations[prefix] = locationOf(element.source());
         if (!element.is_table()) {
           loader.error(locationOf(element.source()), prefix,
-                       std::string("expected a table {cert, key, ocsp}, got ") +
-                           typeName(element));
+                       std::string("expected a table {cert, key, ocsp}, got ") + typeName(element));
           continue;
         }
         TableReader entry(loader, *element.as_table(), prefix);
@@ -376,8 +375,9 @@ void readBackend(Loader& loader, const toml::table& table, const std::string& pr
   if (reader.string("ca_file", backend.ca_file)) {
     backend.ca_file = loader.resolvePath(backend.ca_file);
   }
-  reader.choice("send_proxy_protocol", backend.send_proxy_protocol,
-                {{"off", ProxyProtocol::Off}, {"v1", ProxyProtocol::V1}, {"v2", ProxyProtocol::V2}});
+  reader.choice(
+      "send_proxy_protocol", backend.send_proxy_protocol,
+      {{"off", ProxyProtocol::Off}, {"v1", ProxyProtocol::V1}, {"v2", ProxyProtocol::V2}});
   reader.boolean("smtp_xclient", backend.smtp_xclient);
   reader.duration("connect_timeout", backend.connect_timeout, 100ms, 10min);
   reader.integer("retries", backend.retries, 0, 32);
@@ -419,7 +419,8 @@ void readListener(Loader& loader, const toml::table& table, const std::string& p
     loader.error(reader.keyLocation("require_tls"), prefix + ".require_tls",
                  "require_tls = true needs tls = \"starttls\" or \"implicit\"");
   }
-  reader.choice("mode", listener.mode, {{"passthrough", Mode::Passthrough}, {"login", Mode::Login}});
+  reader.choice("mode", listener.mode,
+                {{"passthrough", Mode::Passthrough}, {"login", Mode::Login}});
   reader.boolean("allow_auth", listener.allow_auth);
   reader.string("backend", listener.backend, true);
   reader.boolean("accept_proxy_protocol", listener.accept_proxy_protocol);
@@ -528,8 +529,8 @@ std::expected<Config, std::vector<Diagnostic>> loadString(std::string_view text,
 std::expected<Config, std::vector<Diagnostic>> loadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return std::unexpected(
-        std::vector<Diagnostic>{{path, {}, "", "cannot read the file: " + std::string(std::strerror(errno))}});
+    return std::unexpected(std::vector<Diagnostic>{
+        {path, {}, "", "cannot read the file: " + std::string(std::strerror(errno))}});
   }
   std::ostringstream text;
   text << in.rdbuf();

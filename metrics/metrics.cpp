@@ -109,9 +109,7 @@ void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
   }
 }
 
-void BackendMetrics::connectDuration(double seconds) {
-  series_->connectDuration->Observe(seconds);
-}
+void BackendMetrics::connectDuration(double seconds) { series_->connectDuration->Observe(seconds); }
 
 void ServerMetrics::error(BackendError reason) {
   series_->errors[static_cast<int>(reason)]->Increment();
@@ -119,8 +117,8 @@ void ServerMetrics::error(BackendError reason) {
 
 namespace {
 
-const prometheus::Histogram::BucketBoundaries kSessionBuckets = {
-    0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400};
+const prometheus::Histogram::BucketBoundaries kSessionBuckets = {0.1, 0.5, 1,   5,    10,   30,
+                                                                 60,  300, 900, 1800, 3600, 14400};
 const prometheus::Histogram::BucketBoundaries kHandshakeBuckets = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 const prometheus::Histogram::BucketBoundaries kConnectBuckets = {
@@ -143,31 +141,28 @@ struct Registry::Impl {
           .Name("postern_connections_accepted_total")
           .Help("Client connections accepted (not counting those refused by a limit).")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& active =
-      prometheus::BuildGauge()
-          .Name("postern_connections_active")
-          .Help("Client sessions open now.")
-          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& active = prometheus::BuildGauge()
+                                                      .Name("postern_connections_active")
+                                                      .Help("Client sessions open now.")
+                                                      .Register(*registry);
   prometheus::Family<prometheus::Counter>& rejected =
       prometheus::BuildCounter()
           .Name("postern_connections_rejected_total")
           .Help("Client connections refused by a limit, by reason.")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& closed =
-      prometheus::BuildCounter()
-          .Name("postern_sessions_closed_total")
-          .Help("Client sessions ended, by reason.")
-          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& closed = prometheus::BuildCounter()
+                                                        .Name("postern_sessions_closed_total")
+                                                        .Help("Client sessions ended, by reason.")
+                                                        .Register(*registry);
   prometheus::Family<prometheus::Histogram>& duration =
       prometheus::BuildHistogram()
           .Name("postern_session_duration_seconds")
           .Help("Length of client sessions.")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& bytes =
-      prometheus::BuildCounter()
-          .Name("postern_bytes_total")
-          .Help("Bytes relayed, by direction.")
-          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& bytes = prometheus::BuildCounter()
+                                                       .Name("postern_bytes_total")
+                                                       .Help("Bytes relayed, by direction.")
+                                                       .Register(*registry);
   prometheus::Family<prometheus::Histogram>& connectDuration =
       prometheus::BuildHistogram()
           .Name("postern_backend_connect_duration_seconds")
@@ -258,8 +253,8 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
         {{"listener", name}, {"reason", toString(static_cast<RejectReason>(i))}});
   }
   for (int i = 0; i < kCloseReasons; ++i) {
-    series.closed[i] = &impl_->closed.Add(
-        {{"listener", name}, {"reason", toString(static_cast<CloseReason>(i))}});
+    series.closed[i] =
+        &impl_->closed.Add({{"listener", name}, {"reason", toString(static_cast<CloseReason>(i))}});
   }
   series.duration =
       &impl_->duration.Add({{"listener", name}, {"protocol", protocol}}, kSessionBuckets);
@@ -278,12 +273,12 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
     }
   }
   if (tls != "none") {
-    series.handshakesOk12 = &impl_->handshakes.Add(
-        {{"listener", name}, {"result", "ok"}, {"version", "TLSv1.2"}});
-    series.handshakesOk13 = &impl_->handshakes.Add(
-        {{"listener", name}, {"result", "ok"}, {"version", "TLSv1.3"}});
-    series.handshakesFailed = &impl_->handshakes.Add(
-        {{"listener", name}, {"result", "failed"}, {"version", "none"}});
+    series.handshakesOk12 =
+        &impl_->handshakes.Add({{"listener", name}, {"result", "ok"}, {"version", "TLSv1.2"}});
+    series.handshakesOk13 =
+        &impl_->handshakes.Add({{"listener", name}, {"result", "ok"}, {"version", "TLSv1.3"}});
+    series.handshakesFailed =
+        &impl_->handshakes.Add({{"listener", name}, {"result", "failed"}, {"version", "none"}});
     series.handshakeDuration =
         &impl_->handshakeDuration.Add({{"listener", name}}, kHandshakeBuckets);
     series.resumed = &impl_->resumed.Add({{"listener", name}});
@@ -312,13 +307,14 @@ BackendMetrics Registry::backend(const std::string& name) {
   return handle;
 }
 
-ServerMetrics Registry::server(const std::string& backend, const std::string& server,
-                               bool tls) {
+ServerMetrics Registry::server(const std::string& backend, const std::string& server, bool tls) {
   std::lock_guard lock(impl_->mutex);
   ServerMetrics::Series& series = impl_->servers.emplace_back();
   for (int i = 0; i < kBackendErrors; ++i) {
-    series.errors[i] = &impl_->backendErrors.Add(
-        {{"backend", backend}, {"server", server}, {"reason", toString(static_cast<BackendError>(i))}});
+    series.errors[i] =
+        &impl_->backendErrors.Add({{"backend", backend},
+                                   {"server", server},
+                                   {"reason", toString(static_cast<BackendError>(i))}});
   }
   series.certificateExpiry =
       tls ? &impl_->backendCertificateExpiry.Add({{"backend", backend}, {"server", server}})

@@ -65,8 +65,8 @@ int run(const std::string& path) {
   if (config.metrics.enabled) {
     auto port = registry.startExposer(config.metrics.listen.text());
     if (!port) {
-      logging::error("cannot serve metrics", {{"address", config.metrics.listen.text()},
-                                              {"error", port.error()}});
+      logging::error("cannot serve metrics",
+                     {{"address", config.metrics.listen.text()}, {"error", port.error()}});
       return 1;
     }
     config::SocketAddress bound = config.metrics.listen;

@@ -1,8 +1,8 @@
 // The server: one libuv loop with its listeners, backend pools and live sessions; drain on signals.
 #include "proxy/server.h"
 
-#include "proxy/log.h"
 #include "config/load.h"
+#include "proxy/log.h"
 #include "proxy/protocol/registry.h"
 #include "tls/certificate_check.h"
 
@@ -109,7 +109,7 @@ void Server::accept(ListenerEntry& entry) {
     return;
   }
   auto session = std::make_unique<session::Session>(static_cast<session::SessionOwner&>(*this),
-                                                  entry.context, &loop_);
+                                                    entry.context, &loop_);
   session::Session* raw = session.get();
   sessions_.emplace(raw, std::move(session));
   if (!raw->start(entry.socket->stream())) {

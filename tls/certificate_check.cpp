@@ -1,4 +1,5 @@
-// Configuration checks that need OpenSSL: certificates load and match their keys, cipher lists parse.
+// Configuration checks that need OpenSSL: certificates load and match their keys, cipher lists
+// parse.
 #include "tls/certificate_check.h"
 
 #include "config/load.h"
@@ -61,23 +62,21 @@ std::vector<config::Diagnostic> checkConfig(const config::Config& config) {
     }
     std::unique_ptr<EVP_PKEY, KeyFree> key(readKey(certificate.key));
     if (!key) {
-      out.push_back(config::diagnosticAt(config, prefix + ".key",
-                                         "cannot load key \"" + certificate.key + "\": " +
-                                             lastError()));
+      out.push_back(config::diagnosticAt(
+          config, prefix + ".key", "cannot load key \"" + certificate.key + "\": " + lastError()));
       continue;
     }
     if (X509_check_private_key(SSL_CTX_get0_certificate(single.get()), key.get()) != 1) {
       out.push_back(config::diagnosticAt(config, prefix + ".key",
                                          "key \"" + certificate.key +
-                                             "\" does not match certificate \"" +
-                                             certificate.cert + "\""));
+                                             "\" does not match certificate \"" + certificate.cert +
+                                             "\""));
     }
   }
   if (!config.tls.ciphers.empty() &&
       SSL_CTX_set_cipher_list(ctx.get(), config.tls.ciphers.c_str()) != 1) {
-    out.push_back(config::diagnosticAt(config, "tls.ciphers",
-                                       "no usable TLS 1.2 cipher in \"" + config.tls.ciphers +
-                                           "\""));
+    out.push_back(config::diagnosticAt(
+        config, "tls.ciphers", "no usable TLS 1.2 cipher in \"" + config.tls.ciphers + "\""));
   }
   if (!config.tls.ciphersuites.empty() &&
       SSL_CTX_set_ciphersuites(ctx.get(), config.tls.ciphersuites.c_str()) != 1) {

@@ -1,4 +1,5 @@
-// Configuration checks that need OpenSSL: certificates load and match their keys, cipher lists parse.
+// Configuration checks that need OpenSSL: certificates load and match their keys, cipher lists
+// parse.
 #pragma once
 
 #include "config/model.h"

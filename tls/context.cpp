@@ -24,10 +24,9 @@ namespace tls {
 namespace {
 
 // TLS 1.2: forward secrecy (ECDHE) and AEAD only, ECDSA first.
-constexpr const char* kDefaultCiphers =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+constexpr const char* kDefaultCiphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr unsigned char kSessionIdContext[] = "postern";
 
@@ -87,8 +86,8 @@ CertificateInfo describe(X509* certificate, EVP_PKEY* key) {
     GENERAL_NAMES_free(names);
   }
   char cn[256] = {};
-  if (X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn,
-                                sizeof cn) > 0) {
+  if (X509_NAME_get_text_by_NID(X509_get_subject_name(certificate), NID_commonName, cn, sizeof cn) >
+      0) {
     info.subject = cn;
     if (info.names.empty()) {
       info.names.emplace_back(cn); // no SAN: the CN is the name, as clients used to read it
@@ -183,7 +182,7 @@ struct ServerContext::Impl {
     SSL_CTX* ctx = nullptr;
     std::vector<std::string> names;
   };
-  std::vector<Identity> identities; // the first is the default
+  std::vector<Identity> identities;  // the first is the default
   std::map<X509*, std::string> ocsp; // DER responses by leaf certificate
   std::shared_ptr<TicketKeys> ticketKeys;
   bool strictSni = false;
@@ -261,8 +260,8 @@ struct ServerContext::Impl {
     return SSL_TLSEXT_ERR_OK;
   }
 
-  static int onTicketKey(SSL* ssl, unsigned char* name, unsigned char* iv,
-                         EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt) noexcept {
+  static int onTicketKey(SSL* ssl, unsigned char* name, unsigned char* iv, EVP_CIPHER_CTX* cipher,
+                         EVP_MAC_CTX* mac, int encrypt) noexcept {
     Impl* impl = of(ssl);
     TicketKeys::Key key{};
     int result = 1;
@@ -354,8 +353,8 @@ ServerContext::create(const config::Tls& config, std::shared_ptr<TicketKeys> tic
   for (const config::Certificate& entry : config.certificates) {
     // Load into a scratch context first to learn the names, then into its identity.
     BIO* file = BIO_new_file(entry.key.c_str(), "r");
-    EVP_PKEY* key = file != nullptr ? PEM_read_bio_PrivateKey(file, nullptr, nullptr, nullptr)
-                                    : nullptr;
+    EVP_PKEY* key =
+        file != nullptr ? PEM_read_bio_PrivateKey(file, nullptr, nullptr, nullptr) : nullptr;
     BIO_free(file);
     if (key == nullptr) {
       return std::unexpected("cannot load key \"" + entry.key + "\": " + opensslError());
@@ -439,8 +438,8 @@ ClientContext::create(const config::Backend& config) {
                      ? SSL_CTX_set_default_verify_paths(ctx)
                      : SSL_CTX_load_verify_locations(ctx, config.ca_file.c_str(), nullptr);
     if (loaded != 1) {
-      return std::unexpected("backend " + config.name + ": cannot load CA certificates: " +
-                             opensslError());
+      return std::unexpected("backend " + config.name +
+                             ": cannot load CA certificates: " + opensslError());
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   } else {

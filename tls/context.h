@@ -18,8 +18,8 @@ namespace tls {
 
 // What the certificate-expiry gauge needs for each loaded certificate.
 struct CertificateInfo {
-  std::string subject;  // the subject CN (or the first SAN name when there is no CN)
-  std::string keyType;  // "ecdsa" or "rsa"
+  std::string subject;   // the subject CN (or the first SAN name when there is no CN)
+  std::string keyType;   // "ecdsa" or "rsa"
   std::int64_t notAfter; // seconds since the epoch
   std::vector<std::string> names;
 };

@@ -82,8 +82,7 @@ BIO_METHOD* bioMethod() {
 // send (a reply to the client) while receive() is still working through its input.
 class IoScope {
 public:
-  IoScope(Engine::Io& io, std::span<const char> input, std::string& output)
-      : io_(io), saved_(io) {
+  IoScope(Engine::Io& io, std::span<const char> input, std::string& output) : io_(io), saved_(io) {
     io_.input = input;
     io_.output = &output;
   }

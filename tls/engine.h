@@ -61,8 +61,8 @@ public:
     return finished;
   }
   const std::string& error() const { return error_; }
-  std::string version() const;   // "TLSv1.3", or "" before the handshake
-  std::string cipher() const;    // "TLS_AES_128_GCM_SHA256"
+  std::string version() const; // "TLSv1.3", or "" before the handshake
+  std::string cipher() const;  // "TLS_AES_128_GCM_SHA256"
   bool resumed() const;
   // The other side's certificate expiry (seconds since the epoch), 0 when there is none.
   std::int64_t peerCertificateExpiry() const;

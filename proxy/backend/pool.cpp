@@ -30,9 +30,9 @@ Pool::Pool(const config::Backend& config, metrics::Registry& registry)
     std::string port = std::to_string(address.port);
     int status = getaddrinfo(address.host.c_str(), port.c_str(), &hints, &result);
     if (status != 0 || result == nullptr) {
-      logging::error("cannot resolve backend server", {{"backend", config.name},
-                                                       {"server", address.text()},
-                                                       {"error", gai_strerror(status)}});
+      logging::error(
+          "cannot resolve backend server",
+          {{"backend", config.name}, {"server", address.text()}, {"error", gai_strerror(status)}});
       continue;
     }
     Server server;
@@ -40,8 +40,7 @@ Pool::Pool(const config::Backend& config, metrics::Registry& registry)
     server.host = address.host;
     std::memcpy(&server.address, result->ai_addr, result->ai_addrlen);
     server.addressText = net::formatAddress(server.address);
-    server.metrics =
-        registry.server(config.name, server.name, config.tls != config::TlsMode::None);
+    server.metrics = registry.server(config.name, server.name, config.tls != config::TlsMode::None);
     freeaddrinfo(result);
     servers_.push_back(std::move(server));
   }

@@ -17,9 +17,9 @@ public:
     for (std::size_t step = 0; step < servers.size(); ++step) {
       std::size_t index = next_++ % servers.size();
       const Server* server = &servers[index];
-      bool tried = context.tried != nullptr &&
-                   std::find(context.tried->begin(), context.tried->end(), server) !=
-                       context.tried->end();
+      bool tried =
+          context.tried != nullptr &&
+          std::find(context.tried->begin(), context.tried->end(), server) != context.tried->end();
       if (!tried) {
         return static_cast<int>(index);
       }

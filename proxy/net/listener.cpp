@@ -8,15 +8,13 @@
 
 namespace net {
 
-std::expected<Listener*, std::string> Listener::open(uv_loop_t* loop,
-                                                     const config::SocketAddress& address,
-                                                     Handler* handler) {
+std::expected<Listener*, std::string>
+Listener::open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler) {
   sockaddr_storage storage{};
-  int status = address.ipv6
-                   ? uv_ip6_addr(address.host.c_str(), address.port,
-                                 reinterpret_cast<sockaddr_in6*>(&storage))
-                   : uv_ip4_addr(address.host.c_str(), address.port,
-                                 reinterpret_cast<sockaddr_in*>(&storage));
+  int status = address.ipv6 ? uv_ip6_addr(address.host.c_str(), address.port,
+                                          reinterpret_cast<sockaddr_in6*>(&storage))
+                            : uv_ip4_addr(address.host.c_str(), address.port,
+                                          reinterpret_cast<sockaddr_in*>(&storage));
   if (status != 0) {
     return std::unexpected(std::string("bad address: ") + uv_strerror(status));
   }

@@ -21,9 +21,8 @@ public:
   };
 
   // Binds and listens; the port actually bound is `port()` (useful with port 0).
-  static std::expected<Listener*, std::string> open(uv_loop_t* loop,
-                                                    const config::SocketAddress& address,
-                                                    Handler* handler);
+  static std::expected<Listener*, std::string>
+  open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler);
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
   int port() const { return port_; }

@@ -161,7 +161,8 @@ int TcpStream::write(std::span<const char> data) {
   }
   auto* handle = reinterpret_cast<uv_stream_t*>(&tcp_);
   if (pendingBytes_ == 0) {
-    uv_buf_t buffer = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
+    uv_buf_t buffer =
+        uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
     int written = uv_try_write(handle, &buffer, 1);
     if (written == static_cast<int>(data.size())) {
       return 0;

@@ -35,6 +35,15 @@ public:
   virtual std::string greetingForClient() const = 0;
 };
 
+// A Failed result.
+inline BackendStartTls::Result failed(BackendStartTls::Failure failure, std::string reason) {
+  BackendStartTls::Result result;
+  result.step = BackendStartTls::Step::Failed;
+  result.failure = failure;
+  result.reason = std::move(reason);
+  return result;
+}
+
 std::unique_ptr<BackendStartTls> makeImapBackendStartTls();
 std::unique_ptr<BackendStartTls> makePop3BackendStartTls();
 std::unique_ptr<BackendStartTls> makeSmtpBackendStartTls(std::string_view hostname);

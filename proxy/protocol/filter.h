@@ -23,11 +23,11 @@ struct Policy {
 
 // Things the session counts.
 enum class Event {
-  StartTlsOk,          // postern said go-ahead to a client STARTTLS
-  StartTlsRefused,     // a STARTTLS postern refused (arguments, twice, not offered)
-  StartTlsInjection,   // bytes pipelined after STARTTLS (CVE-2011-0411 class); session closed
+  StartTlsOk,           // postern said go-ahead to a client STARTTLS
+  StartTlsRefused,      // a STARTTLS postern refused (arguments, twice, not offered)
+  StartTlsInjection,    // bytes pipelined after STARTTLS (CVE-2011-0411 class); session closed
   AuthRefusedPlaintext, // authentication before TLS on a require_tls listener
-  Authenticated,       // the backend accepted the client's authentication
+  Authenticated,        // the backend accepted the client's authentication
 };
 
 struct EventRecord {

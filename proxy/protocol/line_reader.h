@@ -50,9 +50,7 @@ public:
     return taken;
   }
 
-  std::string_view pending() const {
-    return std::string_view(buffer_).substr(start_);
-  }
+  std::string_view pending() const { return std::string_view(buffer_).substr(start_); }
   bool empty() const { return start_ == buffer_.size(); }
 
   // Everything not yet consumed, for handing over to a plain relay.

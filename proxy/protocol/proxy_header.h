@@ -20,7 +20,7 @@ std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_stor
 struct ProxyHeader {
   enum class Status { NeedMore, Invalid, Done };
   Status status = Status::NeedMore;
-  std::size_t consumed = 0; // header bytes, when Done
+  std::size_t consumed = 0;  // header bytes, when Done
   bool hasAddresses = false; // false for LOCAL / UNKNOWN: keep the connection's own addresses
   sockaddr_storage source{};
   sockaddr_storage destination{};

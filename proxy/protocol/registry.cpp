@@ -21,10 +21,12 @@ std::string& hostnameStorage() {
 std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
-      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend, "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
+      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend,
+       "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
        "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
        "-ERR [SYS/TEMP] Server shutting down\r\n"},
-      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend, "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
+      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend,
+       "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
        "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
        "* BYE [UNAVAILABLE] Server shutting down\r\n"},
       {config::Protocol::Smtp, "smtp", makeSmtpFilter, makeSmtpBackendStartTls,
@@ -42,9 +44,9 @@ std::array<ProtocolInfo, 3>& table() {
 } // namespace
 
 const char* mechanismLabel(std::string_view name) {
-  static constexpr const char* kKnown[] = {"plain",       "login",       "xoauth2", "oauthbearer",
-                                           "cram-md5",    "scram-sha-1", "scram-sha-256",
-                                           "user",        "pass",        "apop"};
+  static constexpr const char* kKnown[] = {
+      "plain",       "login",         "xoauth2", "oauthbearer", "cram-md5",
+      "scram-sha-1", "scram-sha-256", "user",    "pass",        "apop"};
   for (const char* known : kKnown) {
     if (equalsNoCase(name, known)) {
       return known;

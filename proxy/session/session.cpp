@@ -85,9 +85,9 @@ void Session::readProxyHeader(std::span<const char> data) {
     return;
   }
   if (header.status == protocol::ProxyHeader::Status::Invalid) {
-    logging::warn("PROXY header refused", {{"listener", listener_.config.name},
-                                           {"client", clientAddress_},
-                                           {"error", header.error}});
+    logging::warn(
+        "PROXY header refused",
+        {{"listener", listener_.config.name}, {"client", clientAddress_}, {"error", header.error}});
     close(metrics::CloseReason::ProtocolError);
     return;
   }
@@ -150,9 +150,8 @@ void Session::onClientSecured() {
   timer_->stop();
   tlsVersion_ = clientTls_->version();
   tlsCipher_ = clientTls_->cipher();
-  listener_.metrics.tlsHandshakeOk(tlsVersion_,
-                                   static_cast<double>(timer_->now() - startedAt_) / 1000.0,
-                                   clientTls_->resumed());
+  listener_.metrics.tlsHandshakeOk(
+      tlsVersion_, static_cast<double>(timer_->now() - startedAt_) / 1000.0, clientTls_->resumed());
   // The client has nothing to say before the backend's greeting; it waits in the kernel.
   client_->pauseReading();
   phase_ = Phase::Connecting;
@@ -180,8 +179,8 @@ void Session::connectBackend() {
   connectStartedAt_ = timer_->now();
   timer_->start(listener_.pool->config().connect_timeout);
   int status = 0;
-  backendTcp_ = net::TcpStream::connect(
-      loop_, reinterpret_cast<const sockaddr*>(&server_->address), &backendSide_, status);
+  backendTcp_ = net::TcpStream::connect(loop_, reinterpret_cast<const sockaddr*>(&server_->address),
+                                        &backendSide_, status);
   backend_ = backendTcp_;
   if (backend_ == nullptr) {
     backendFailed(metrics::BackendError::Refused, uv_strerror(status));
@@ -357,7 +356,8 @@ std::string Session::xclientCommandForClient() const {
   if (ipv6) {
     ip = ip.substr(1, ip.size() - 2); // strip the brackets
   }
-  return protocol::xclientCommand(ip, ipv6, static_cast<unsigned>(std::stoul(text.substr(colon + 1))));
+  return protocol::xclientCommand(ip, ipv6,
+                                  static_cast<unsigned>(std::stoul(text.substr(colon + 1))));
 }
 
 // SMTP XCLIENT: the backend learns the client's address before the client says anything.
@@ -472,8 +472,8 @@ void Session::apply(protocol::Output& out) {
     case protocol::Event::AuthRefusedPlaintext:
       listener_.metrics.auth(record.mechanism, metrics::AuthResult::RefusedPlaintext);
       break;
-    case protocol::Event::StartTlsOk:     // counted when the handshake finishes
-    case protocol::Event::Authenticated:  // passthrough: the backend's verdict is relayed as is
+    case protocol::Event::StartTlsOk:    // counted when the handshake finishes
+    case protocol::Event::Authenticated: // passthrough: the backend's verdict is relayed as is
       break;
     }
   }
@@ -631,9 +631,9 @@ void Session::onBackendError(int status) {
 void Session::onTimer() {
   switch (phase_) {
   case Phase::ProxyHeader:
-    logging::warn("PROXY header refused", {{"listener", listener_.config.name},
-                                           {"client", clientAddress_},
-                                           {"error", "timeout"}});
+    logging::warn(
+        "PROXY header refused",
+        {{"listener", listener_.config.name}, {"client", clientAddress_}, {"error", "timeout"}});
     close(metrics::CloseReason::Timeout);
     return;
   case Phase::Handshaking:

@@ -134,7 +134,7 @@ private:
   // Reads the dialogue until nothing is left to rewrite; null once the session only relays.
   std::unique_ptr<protocol::Filter> filter_;
   protocol::Output output_;
-  bool clientUpgrading_ = false;         // STARTTLS handshake under way
+  bool clientUpgrading_ = false; // STARTTLS handshake under way
   // Backend-side STARTTLS dialogue, until the backend's TLS handshake finishes.
   std::unique_ptr<protocol::BackendStartTls> backendUpgrade_;
   // SMTP XCLIENT dialogue (smtp_xclient pools), before the greeting is relayed.

@@ -155,9 +155,8 @@ listen = "127.0.0.1:1110"
 backend = "pool"
 tls = "startls"
 )";
-  EXPECT_ONLY_ERROR(text,
-                    "postern.toml:17:1: listener[1].tls: expected one of "
-                    "none|starttls|implicit, got \"startls\"");
+  EXPECT_ONLY_ERROR(text, "postern.toml:17:1: listener[1].tls: expected one of "
+                          "none|starttls|implicit, got \"startls\"");
 }
 
 TEST(LoadConfig, UnknownKeysAreErrorsEverywhere) {
@@ -166,7 +165,8 @@ TEST(LoadConfig, UnknownKeysAreErrorsEverywhere) {
   ASSERT_EQ(errors.size(), 2u);
   EXPECT_EQ(errors[0], "postern.toml:2:1: global.workerz: unknown key");
   EXPECT_EQ(errors[1], "postern.toml:13:1: backend[0].colour: unknown key");
-  EXPECT_ONLY_ERROR("[nonsense]\n" + std::string(kMinimal), "postern.toml:1:2: nonsense: unknown key");
+  EXPECT_ONLY_ERROR("[nonsense]\n" + std::string(kMinimal),
+                    "postern.toml:1:2: nonsense: unknown key");
 }
 
 TEST(LoadConfig, WrongTypes) {
@@ -227,7 +227,8 @@ TEST(LoadConfig, NoListenersIsAnError) {
 TEST(LoadConfig, ListenerNamingAMissingBackend) {
   std::string text = kMinimal;
   text.replace(text.find("backend = \"pool\""), 16, "backend = \"poll\"");
-  EXPECT_ONLY_ERROR(text, "postern.toml:6:1: listener[0].backend: no [[backend]] is named \"poll\"");
+  EXPECT_ONLY_ERROR(text,
+                    "postern.toml:6:1: listener[0].backend: no [[backend]] is named \"poll\"");
 }
 
 TEST(LoadConfig, TwoListenersOnOneAddress) {
@@ -273,7 +274,8 @@ TEST(LoadConfig, RequireTlsOnAPlaintextListener) {
 }
 
 TEST(LoadConfig, RequireTlsDefaultsToTrueOnStarttls) {
-  std::string text = "[tls]\ncertificates = [{cert = \"c\", key = \"k\"}]\n" + std::string(kMinimal);
+  std::string text =
+      "[tls]\ncertificates = [{cert = \"c\", key = \"k\"}]\n" + std::string(kMinimal);
   text.insert(text.find("backend = \"pool\""), "tls = \"starttls\"\n");
   auto loaded = loadString(text, "postern.toml");
   ASSERT_TRUE(loaded.has_value());
@@ -302,8 +304,7 @@ TEST(LoadConfig, ProxyProtocolNeedsTrustedProxies) {
 }
 
 TEST(LoadConfig, HealthTimeoutLongerThanInterval) {
-  std::string text =
-      std::string(kMinimal) + "health = { interval = \"1s\", timeout = \"2s\" }\n";
+  std::string text = std::string(kMinimal) + "health = { interval = \"1s\", timeout = \"2s\" }\n";
   EXPECT_ONLY_ERROR(text, "postern.toml:11:29: backend[0].health.timeout: the health check timeout "
                           "must not exceed its interval");
 }
@@ -331,13 +332,15 @@ listen = "1.2.3.4"
 backend = "none"
 )");
   ASSERT_EQ(errors.size(), 6u) << ::testing::PrintToString(errors);
-  EXPECT_EQ(errors[0], "postern.toml:2:1: global.workers: expected an integer from 0 to 256, got -1");
+  EXPECT_EQ(errors[0],
+            "postern.toml:2:1: global.workers: expected an integer from 0 to 256, got -1");
   EXPECT_EQ(errors[1], "postern.toml:3:1: global.log_level: expected one of "
                        "error|warn|info|debug, got \"loud\"");
   EXPECT_EQ(errors[2], "postern.toml:5:1: listener[0].name: names use letters, digits, '-', '_' "
                        "and '.' (at most 64)");
-  EXPECT_EQ(errors[3], "postern.toml:6:1: listener[0].protocol: expected one of pop3|imap|smtp, got "
-                       "\"nntp\"");
+  EXPECT_EQ(errors[3],
+            "postern.toml:6:1: listener[0].protocol: expected one of pop3|imap|smtp, got "
+            "\"nntp\"");
   EXPECT_EQ(errors[4], "postern.toml:7:1: listener[0].listen: expected \"host:port\", got "
                        "\"1.2.3.4\"");
   EXPECT_EQ(errors[5], "postern.toml:8:1: listener[0].backend: no [[backend]] is named \"none\"");

@@ -23,8 +23,7 @@ void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
     }
     if (end > start) {
       std::uint8_t who = data[start];
-      std::span<const char> bytes(reinterpret_cast<const char*>(data + start + 1),
-                                  end - start - 1);
+      std::span<const char> bytes(reinterpret_cast<const char*>(data + start + 1), end - start - 1);
       out.clear();
       if (who == 0xFE) {
         filter.tlsStarted(out);

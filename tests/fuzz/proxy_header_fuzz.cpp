@@ -6,8 +6,8 @@
 #include <cstring>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  auto header = protocol::parseProxyHeader(
-      std::span<const char>(reinterpret_cast<const char*>(data), size));
+  auto header =
+      protocol::parseProxyHeader(std::span<const char>(reinterpret_cast<const char*>(data), size));
   if (header.status == protocol::ProxyHeader::Status::Done) {
     if (header.consumed > size) {
       std::abort();

@@ -32,7 +32,7 @@ public:
       case State::Greeting:
         if (!startsWithNoCase(text, "* OK")) {
           // PREAUTH would skip the login postern must see happen over TLS; BYE is a refusal.
-          return fail(Failure::Greeting, "greeting was not \"* OK\": " + std::string(text));
+          return failed(Failure::Greeting, "greeting was not \"* OK\": " + std::string(text));
         }
         greeting_ = "* OK " + withoutResponseCodes(text.size() > 5 ? text.substr(5) : "") + "\r\n";
         state_ = State::Capability;
@@ -49,7 +49,7 @@ public:
           }
         } else if (text.starts_with("P1 ")) {
           if (!offered_) {
-            return fail(Failure::NoStartTls, "server does not offer STARTTLS");
+            return failed(Failure::NoStartTls, "server does not offer STARTTLS");
           }
           state_ = State::StartTls;
           result.step = Step::Send;
@@ -60,11 +60,11 @@ public:
       case State::StartTls:
         if (text.starts_with("P2 ")) {
           if (!startsWithNoCase(text.substr(3), "OK")) {
-            return fail(Failure::Refused, "STARTTLS refused: " + std::string(text));
+            return failed(Failure::Refused, "STARTTLS refused: " + std::string(text));
           }
           if (!reader_.empty()) {
             // Response injection: bytes after the go-ahead would be read as if sent over TLS.
-            return fail(Failure::Injection, "bytes after the STARTTLS reply");
+            return failed(Failure::Injection, "bytes after the STARTTLS reply");
           }
           result.step = Step::StartTls;
           return result;
@@ -73,7 +73,7 @@ public:
       }
     }
     if (reader_.tooLong()) {
-      return fail(Failure::Greeting, "line too long");
+      return failed(Failure::Greeting, "line too long");
     }
     return result;
   }
@@ -82,14 +82,6 @@ public:
 
 private:
   enum class State { Greeting, Capability, StartTls };
-
-  static Result fail(Failure failure, std::string reason) {
-    Result result;
-    result.step = Step::Failed;
-    result.failure = failure;
-    result.reason = std::move(reason);
-    return result;
-  }
 
   LineReader reader_{8192};
   State state_ = State::Greeting;

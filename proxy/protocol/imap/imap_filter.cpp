@@ -1,8 +1,7 @@
 // IMAP before authentication (RFC 9051, 3501, 2595, 7888): STARTTLS answered by postern,
 // capabilities rewritten wherever they appear, LOGIN/AUTHENTICATE refused before TLS where TLS is
 // required, literals ({n}, {n+}) and AUTHENTICATE continuations passed through as data.
-#include "proxy/protocol/filter.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/line_filter.h"
 
 #include <charconv>
 #include <optional>
@@ -40,15 +39,12 @@ std::optional<Literal> literalAtEnd(std::string_view line) {
   return Literal{size, !nonSync};
 }
 
-class ImapFilter final : public Filter {
+class ImapFilter final : public LineFilter {
 public:
-  explicit ImapFilter(const Policy& policy)
-      : policy_(policy), tls_(policy.listenerTls == config::TlsMode::Implicit),
-        client_(policy.maxLineLength), backend_(policy.maxLineLength) {}
+  explicit ImapFilter(const Policy& policy) : LineFilter(policy) {}
 
   void fromClient(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toBackend.append(data.data(), data.size());
+    if (relayedFromClient(data, out)) {
       return;
     }
     if (!deferredStartTls_.empty()) {
@@ -94,8 +90,7 @@ public:
   }
 
   void fromBackend(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toClient.append(data.data(), data.size());
+    if (relayedFromBackend(data, out)) {
       return;
     }
     backend_.append(data);
@@ -125,9 +120,6 @@ public:
     tls_ = true;
     deferredStartTls_.clear();
   }
-
-  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
-  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
 
 private:
   enum class Kind { Auth, StartTlsForwarded, Other };
@@ -179,10 +171,9 @@ private:
       }
       if (policy_.requireTls && !tls_) {
         refuse(tag, line, "NO [PRIVACYREQUIRED] Use STARTTLS before authenticating", out);
-        out.events.push_back({Event::AuthRefusedPlaintext,
-                              mechanismLabel(equalsNoCase(verb, "LOGIN")
-                                                 ? verb
-                                                 : splitWord(arguments).first)});
+        out.events.push_back(
+            {Event::AuthRefusedPlaintext,
+             mechanismLabel(equalsNoCase(verb, "LOGIN") ? verb : splitWord(arguments).first)});
         return;
       }
       out.toBackend += line;
@@ -206,8 +197,8 @@ private:
       return;
     }
     if (tls_ || !arguments.empty()) {
-      out.toClient += std::string(tag) +
-                      (tls_ ? " BAD TLS is already active\r\n" : " BAD STARTTLS takes no arguments\r\n");
+      out.toClient += std::string(tag) + (tls_ ? " BAD TLS is already active\r\n"
+                                               : " BAD STARTTLS takes no arguments\r\n");
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
@@ -336,17 +327,6 @@ private:
     return std::string(text.substr(0, start)) + list + std::string(text.substr(end)) + "\r\n";
   }
 
-  void goRelay(Output& out) {
-    relay_ = true;
-    out.relayOnly = true;
-    out.toBackend += client_.takeAll();
-    out.toClient += backend_.takeAll();
-  }
-
-  Policy policy_;
-  bool tls_;
-  LineReader client_;
-  LineReader backend_;
   std::vector<Pending> pending_;
   std::string saslTag_;
   std::string deferredStartTls_;
@@ -357,7 +337,6 @@ private:
   bool dropping_ = false;
   bool greeted_ = false;
   bool authenticated_ = false;
-  bool relay_ = false;
 };
 
 } // namespace

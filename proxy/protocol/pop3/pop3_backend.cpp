@@ -17,7 +17,7 @@ public:
       switch (state_) {
       case State::Greeting:
         if (!text.starts_with("+OK")) {
-          return fail(Failure::Greeting, "greeting was not \"+OK\": " + std::string(text));
+          return failed(Failure::Greeting, "greeting was not \"+OK\": " + std::string(text));
         }
         greeting_ = "+OK " + withoutResponseCodes(text.size() > 4 ? text.substr(4) : "") + "\r\n";
         state_ = State::CapaStatus;
@@ -26,14 +26,14 @@ public:
         return result;
       case State::CapaStatus:
         if (!text.starts_with("+OK")) {
-          return fail(Failure::NoStartTls, "server does not offer STLS (no CAPA)");
+          return failed(Failure::NoStartTls, "server does not offer STLS (no CAPA)");
         }
         state_ = State::CapaLines;
         break;
       case State::CapaLines:
         if (text == ".") {
           if (!offered_) {
-            return fail(Failure::NoStartTls, "server does not offer STLS");
+            return failed(Failure::NoStartTls, "server does not offer STLS");
           }
           state_ = State::Stls;
           result.step = Step::Send;
@@ -44,17 +44,17 @@ public:
         break;
       case State::Stls:
         if (!text.starts_with("+OK")) {
-          return fail(Failure::Refused, "STLS refused: " + std::string(text));
+          return failed(Failure::Refused, "STLS refused: " + std::string(text));
         }
         if (!reader_.empty()) {
-          return fail(Failure::Injection, "bytes after the STLS reply");
+          return failed(Failure::Injection, "bytes after the STLS reply");
         }
         result.step = Step::StartTls;
         return result;
       }
     }
     if (reader_.tooLong()) {
-      return fail(Failure::Greeting, "line too long");
+      return failed(Failure::Greeting, "line too long");
     }
     return result;
   }
@@ -63,14 +63,6 @@ public:
 
 private:
   enum class State { Greeting, CapaStatus, CapaLines, Stls };
-
-  static Result fail(Failure failure, std::string reason) {
-    Result result;
-    result.step = Step::Failed;
-    result.failure = failure;
-    result.reason = std::move(reason);
-    return result;
-  }
 
   LineReader reader_{8192};
   State state_ = State::Greeting;

@@ -1,8 +1,7 @@
 // POP3 before authentication (RFC 1939, 2449, 2595, 5034): STLS answered by postern, CAPA
 // rewritten, USER/PASS/APOP/AUTH refused before TLS where TLS is required, multi-line responses
 // (dot-stuffed) followed to their end, replies kept in order.
-#include "proxy/protocol/filter.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/line_filter.h"
 
 #include <deque>
 
@@ -10,17 +9,14 @@ namespace protocol {
 
 namespace {
 
-class Pop3Filter final : public Filter {
+class Pop3Filter final : public LineFilter {
 public:
-  explicit Pop3Filter(const Policy& policy)
-      : policy_(policy), tls_(policy.listenerTls == config::TlsMode::Implicit),
-        client_(policy.maxLineLength), backend_(policy.maxLineLength) {
+  explicit Pop3Filter(const Policy& policy) : LineFilter(policy) {
     pending_.push_back({Kind::Greeting, false, {}, false});
   }
 
   void fromClient(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toBackend.append(data.data(), data.size());
+    if (relayedFromClient(data, out)) {
       return;
     }
     if (startTlsWaiting_) {
@@ -47,8 +43,7 @@ public:
   }
 
   void fromBackend(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toClient.append(data.data(), data.size());
+    if (relayedFromBackend(data, out)) {
       return;
     }
     backend_.append(data);
@@ -73,9 +68,6 @@ public:
     tls_ = true;
     startTlsWaiting_ = false;
   }
-
-  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
-  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
 
 private:
   enum class Kind { Greeting, Capa, Auth, Pass, MultiLine, Other, Local };
@@ -138,9 +130,9 @@ private:
     if (isAuth && policy_.requireTls && !tls_) {
       // "AUTH" alone lists mechanisms; everything else would send a secret in the clear.
       local("-ERR [AUTH] Plaintext authentication disallowed; use STLS first\r\n", out);
-      out.events.push_back({Event::AuthRefusedPlaintext,
-                            mechanismLabel(equalsNoCase(verb, "AUTH") ? splitWord(arguments).first
-                                                                      : verb)});
+      out.events.push_back(
+          {Event::AuthRefusedPlaintext,
+           mechanismLabel(equalsNoCase(verb, "AUTH") ? splitWord(arguments).first : verb)});
       return;
     }
     if (equalsNoCase(verb, "CAPA")) {
@@ -156,9 +148,9 @@ private:
       forward(line, Kind::Pass, false, out);
     } else {
       // LIST and UIDL without an argument, RETR and TOP answer with many lines.
-      bool multi = ((equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL")) &&
-                    arguments.empty()) ||
-                   equalsNoCase(verb, "RETR") || equalsNoCase(verb, "TOP");
+      bool multi =
+          ((equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL")) && arguments.empty()) ||
+          equalsNoCase(verb, "RETR") || equalsNoCase(verb, "TOP");
       forward(line, multi ? Kind::MultiLine : Kind::Other, multi, out);
     }
   }
@@ -263,17 +255,6 @@ private:
     capa_.clear();
   }
 
-  void goRelay(Output& out) {
-    relay_ = true;
-    out.relayOnly = true;
-    out.toBackend += client_.takeAll();
-    out.toClient += backend_.takeAll();
-  }
-
-  Policy policy_;
-  bool tls_;
-  LineReader client_;
-  LineReader backend_;
   std::deque<Pending> pending_;
   std::vector<std::string> capa_;
   bool inMultiLine_ = false;
@@ -281,7 +262,6 @@ private:
   bool stlsForwarded_ = false;
   bool startTlsWaiting_ = false;
   bool authenticated_ = false;
-  bool relay_ = false;
 };
 
 } // namespace

@@ -21,7 +21,7 @@ public:
       switch (state_) {
       case State::Greeting:
         if (code != "220") {
-          return fail(Failure::Greeting, "greeting was not 220: " + std::string(text));
+          return failed(Failure::Greeting, "greeting was not 220: " + std::string(text));
         }
         if (greeting_.empty()) {
           greeting_ = "220 " + std::string(text.size() > 4 ? text.substr(4) : "") + "\r\n";
@@ -35,14 +35,14 @@ public:
         break;
       case State::Ehlo:
         if (code != "250") {
-          return fail(Failure::NoStartTls, "EHLO refused: " + std::string(text));
+          return failed(Failure::NoStartTls, "EHLO refused: " + std::string(text));
         }
         if (text.size() > 4 && equalsNoCase(splitWord(text.substr(4)).first, "STARTTLS")) {
           offered_ = true;
         }
         if (last) {
           if (!offered_) {
-            return fail(Failure::NoStartTls, "server does not offer STARTTLS");
+            return failed(Failure::NoStartTls, "server does not offer STARTTLS");
           }
           state_ = State::StartTls;
           result.step = Step::Send;
@@ -52,17 +52,17 @@ public:
         break;
       case State::StartTls:
         if (code != "220") {
-          return fail(Failure::Refused, "STARTTLS refused: " + std::string(text));
+          return failed(Failure::Refused, "STARTTLS refused: " + std::string(text));
         }
         if (!last || !reader_.empty()) {
-          return fail(Failure::Injection, "bytes after the STARTTLS reply");
+          return failed(Failure::Injection, "bytes after the STARTTLS reply");
         }
         result.step = Step::StartTls;
         return result;
       }
     }
     if (reader_.tooLong()) {
-      return fail(Failure::Greeting, "line too long");
+      return failed(Failure::Greeting, "line too long");
     }
     return result;
   }
@@ -71,14 +71,6 @@ public:
 
 private:
   enum class State { Greeting, Ehlo, StartTls };
-
-  static Result fail(Failure failure, std::string reason) {
-    Result result;
-    result.step = Step::Failed;
-    result.failure = failure;
-    result.reason = std::move(reason);
-    return result;
-  }
 
   std::string hostname_;
   LineReader reader_{8192};
@@ -124,10 +116,8 @@ BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
     switch (state_) {
     case State::Greeting:
       if (code != "220") {
-        result.step = Step::Failed;
-        result.failure = BackendStartTls::Failure::Greeting;
-        result.reason = "greeting was not 220: " + std::string(text);
-        return result;
+        return failed(BackendStartTls::Failure::Greeting,
+                      "greeting was not 220: " + std::string(text));
       }
       reply_ += line;
       if (last) {
@@ -168,9 +158,7 @@ BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
     }
   }
   if (buffer_.size() > 8192) {
-    result.step = Step::Failed;
-    result.failure = BackendStartTls::Failure::Greeting;
-    result.reason = "line too long";
+    return failed(BackendStartTls::Failure::Greeting, "line too long");
   }
   return result;
 }

@@ -1,8 +1,7 @@
 // SMTP before authentication (RFC 5321, 3207, 4954, 2920): STARTTLS answered by postern, EHLO
 // capabilities rewritten, AUTH and MAIL refused before TLS where TLS is required, replies kept in
 // order under PIPELINING, message bodies passed through untouched.
-#include "proxy/protocol/filter.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/line_filter.h"
 
 #include <deque>
 #include <vector>
@@ -11,17 +10,14 @@ namespace protocol {
 
 namespace {
 
-class SmtpFilter final : public Filter {
+class SmtpFilter final : public LineFilter {
 public:
-  explicit SmtpFilter(const Policy& policy)
-      : policy_(policy), tls_(policy.listenerTls == config::TlsMode::Implicit),
-        client_(policy.maxLineLength), backend_(policy.maxLineLength) {
+  explicit SmtpFilter(const Policy& policy) : LineFilter(policy) {
     pending_.push_back({Kind::Greeting, {}, false});
   }
 
   void fromClient(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toBackend.append(data.data(), data.size());
+    if (relayedFromClient(data, out)) {
       return;
     }
     if (startTlsWaiting_) {
@@ -55,8 +51,7 @@ public:
   }
 
   void fromBackend(std::span<const char> data, Output& out) override {
-    if (relay_) {
-      out.toClient.append(data.data(), data.size());
+    if (relayedFromBackend(data, out)) {
       return;
     }
     backend_.append(data);
@@ -85,9 +80,6 @@ public:
     needGreeting_ = true;
     startTlsWaiting_ = false;
   }
-
-  void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
-  void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
 
 private:
   enum class Kind { Greeting, Ehlo, Helo, Auth, Data, DataEnd, StartTlsForwarded, Other, Local };
@@ -305,11 +297,11 @@ private:
     for (std::size_t i = 1; i < reply_.size(); ++i) {
       std::string_view text = chomp(reply_[i]);
       std::string_view keyword = text.size() > 4 ? splitWord(text.substr(4)).first : "";
-      bool drop = equalsNoCase(keyword, "STARTTLS") || equalsNoCase(keyword, "XCLIENT") ||
-                  equalsNoCase(keyword, "XFORWARD") || equalsNoCase(keyword, "CHUNKING") ||
-                  equalsNoCase(keyword, "BINARYMIME") ||
-                  (hideAuth && (equalsNoCase(keyword, "AUTH") ||
-                                startsWithNoCase(keyword, "AUTH=")));
+      bool drop =
+          equalsNoCase(keyword, "STARTTLS") || equalsNoCase(keyword, "XCLIENT") ||
+          equalsNoCase(keyword, "XFORWARD") || equalsNoCase(keyword, "CHUNKING") ||
+          equalsNoCase(keyword, "BINARYMIME") ||
+          (hideAuth && (equalsNoCase(keyword, "AUTH") || startsWithNoCase(keyword, "AUTH=")));
       if (!drop) {
         kept.emplace_back(text);
       }
@@ -329,17 +321,6 @@ private:
     }
   }
 
-  void goRelay(Output& out) {
-    relay_ = true;
-    out.relayOnly = true;
-    out.toBackend += client_.takeAll();
-    out.toClient += backend_.takeAll();
-  }
-
-  Policy policy_;
-  bool tls_;
-  LineReader client_;
-  LineReader backend_;
   std::deque<Pending> pending_;
   std::vector<std::string> reply_;
   bool sasl_ = false;
@@ -349,7 +330,6 @@ private:
   bool greetedAfterTls_ = false;
   bool startTlsWaiting_ = false;
   bool authenticated_ = false;
-  bool relay_ = false;
 };
 
 } // namespace

@@ -33,10 +33,11 @@ TEST(ImapFilter, CapabilityAfterStarttls) {
   EXPECT_TRUE(go.toBackend.empty());
   d.tlsStarted();
   EXPECT_EQ(d.client("a2 CAPABILITY\r\n").toBackend, "a2 CAPABILITY\r\n");
-  EXPECT_EQ(d.backend("* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN\r\n"
-                      "a2 OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Done\r\n")
-                .toClient,
-            "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na2 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Done\r\n");
+  EXPECT_EQ(
+      d.backend("* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN\r\n"
+                "a2 OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Done\r\n")
+          .toClient,
+      "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\na2 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] Done\r\n");
 }
 
 TEST(ImapFilter, LoginBeforeTlsIsRefused) {
@@ -45,7 +46,8 @@ TEST(ImapFilter, LoginBeforeTlsIsRefused) {
   for (const char* command : {"a LOGIN alice secret\r\n", "b AUTHENTICATE PLAIN\r\n",
                               "c authenticate plain AGFsaWNlAHNlY3JldA==\r\n"}) {
     auto out = d.client(command);
-    EXPECT_TRUE(out.toClient.ends_with(" NO [PRIVACYREQUIRED] Use STARTTLS before authenticating\r\n"))
+    EXPECT_TRUE(
+        out.toClient.ends_with(" NO [PRIVACYREQUIRED] Use STARTTLS before authenticating\r\n"))
         << out.toClient;
     EXPECT_TRUE(out.toBackend.empty()) << command;
     EXPECT_EQ(out.events, std::vector<Event>{Event::AuthRefusedPlaintext});

@@ -35,9 +35,9 @@ TEST(ProxyHeader, V1EncodingIsTheSpecificationsText) {
   EXPECT_EQ(encodeProxyHeader(config::ProxyProtocol::V1, address("192.0.2.7", 40000),
                               address("127.0.0.1", 143)),
             "PROXY TCP4 192.0.2.7 127.0.0.1 40000 143\r\n");
-  EXPECT_EQ(encodeProxyHeader(config::ProxyProtocol::V1, address("2001:db8::7", 1),
-                              address("::1", 993)),
-            "PROXY TCP6 2001:db8::7 ::1 1 993\r\n");
+  EXPECT_EQ(
+      encodeProxyHeader(config::ProxyProtocol::V1, address("2001:db8::7", 1), address("::1", 993)),
+      "PROXY TCP6 2001:db8::7 ::1 1 993\r\n");
 }
 
 TEST(ProxyHeader, RoundTripsInBothVersionsAndFamilies) {

@@ -129,8 +129,7 @@ TEST(SmtpFilter, MxPortOffersStarttlsAndRefusesAuth) {
   auto auth = d.client("AUTH LOGIN\r\n");
   EXPECT_EQ(auth.toClient, "503 5.5.1 Error: authentication not enabled\r\n");
   EXPECT_TRUE(auth.toBackend.empty());
-  EXPECT_EQ(d.client("MAIL FROM:<b@example.test>\r\n").toBackend,
-            "MAIL FROM:<b@example.test>\r\n");
+  EXPECT_EQ(d.client("MAIL FROM:<b@example.test>\r\n").toBackend, "MAIL FROM:<b@example.test>\r\n");
 }
 
 TEST(SmtpFilter, PipelinedTransactionAndBodyPassUntouched) {
@@ -139,7 +138,8 @@ TEST(SmtpFilter, PipelinedTransactionAndBodyPassUntouched) {
   Driver d = greeted(policy);
   std::string commands = "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
   EXPECT_EQ(d.client(commands).toBackend, commands);
-  auto replies = d.backend("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  auto replies =
+      d.backend("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
   EXPECT_EQ(replies.toClient,
             "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
   // Body lines that look like commands are data: never refused, never parsed.
