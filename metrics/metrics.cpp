@@ -57,6 +57,8 @@ struct BackendMetrics::Series {
 struct ServerMetrics::Series {
   std::array<prometheus::Counter*, kBackendErrors> errors;
   prometheus::Gauge* certificateExpiry;
+  prometheus::Counter* selected;
+  prometheus::Gauge* active;
 };
 
 void ListenerMetrics::accepted() {
@@ -107,6 +109,12 @@ void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
   if (series_->certificateExpiry != nullptr) {
     series_->certificateExpiry->Set(secondsSinceEpoch);
   }
+}
+
+void ServerMetrics::selected() { series_->selected->Increment(); }
+
+void ServerMetrics::active(std::size_t sessions) {
+  series_->active->Set(static_cast<double>(sessions));
 }
 
 void BackendMetrics::connectDuration(double seconds) { series_->connectDuration->Observe(seconds); }
@@ -198,6 +206,16 @@ struct Registry::Impl {
       prometheus::BuildGauge()
           .Name("postern_backend_certificate_expiry_timestamp_seconds")
           .Help("When each TLS backend server's certificate expires (Unix time), as last seen.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& backendSelected =
+      prometheus::BuildCounter()
+          .Name("postern_backend_selected_total")
+          .Help("Times the balancer chose each server (retries included).")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& backendActive =
+      prometheus::BuildGauge()
+          .Name("postern_backend_connections_active")
+          .Help("Sessions using each backend server now.")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& configReloads =
       prometheus::BuildCounter()
@@ -319,6 +337,8 @@ ServerMetrics Registry::server(const std::string& backend, const std::string& se
   series.certificateExpiry =
       tls ? &impl_->backendCertificateExpiry.Add({{"backend", backend}, {"server", server}})
           : nullptr;
+  series.selected = &impl_->backendSelected.Add({{"backend", backend}, {"server", server}});
+  series.active = &impl_->backendActive.Add({{"backend", backend}, {"server", server}});
   ServerMetrics handle;
   handle.series_ = &series;
   return handle;

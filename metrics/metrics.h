@@ -75,6 +75,8 @@ class ServerMetrics {
 public:
   void error(BackendError reason);
   void certificateExpiry(double secondsSinceEpoch);
+  void selected();
+  void active(std::size_t sessions);
 
 private:
   friend class Registry;

@@ -1,32 +1,40 @@
-// The balancing seam: one small interface, one file per algorithm.
+// The balancing seam: one small interface, one file per algorithm, a registry table.
+// Balancers are pure: they see candidates and a key, never sockets or clocks.
 #pragma once
-
-#include <cstddef>
-#include <memory>
-#include <vector>
 
 #include "config/model.h"
 
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string_view>
+
 namespace backend {
 
-struct Server;
-
-// What a balancer may look at when choosing.
-struct PickContext {
-  // Servers already tried for this session; a retry must choose another one when it can.
-  const std::vector<const Server*>* tried = nullptr;
+// One server as a balancer sees it.
+struct Candidate {
+  std::string_view identity; // stable across processes: the server as configured/resolved
+  std::size_t active = 0;    // sessions on it now
+  bool usable = true;        // up, and not already tried by this session
 };
 
 class Balancer {
 public:
   virtual ~Balancer() = default;
-  // Index into `servers` of the one to use, or -1 when none is usable.
-  virtual int pick(const std::vector<Server>& servers, const PickContext& context) = 0;
+  // Index of the candidate to use, or -1 when none is usable. `key` is what the hash modes hash
+  // (the client address for source_hash, the user for user_hash); others ignore it.
+  virtual int pick(std::span<const Candidate> candidates, std::string_view key) = 0;
 };
 
 std::unique_ptr<Balancer> makeRoundRobin();
+std::unique_ptr<Balancer> makeLeastConn();
+std::unique_ptr<Balancer> makeRendezvousHash();
 
-// The registry of algorithms. Until the balancing issue lands every mode uses round robin.
+// The registry: one line per `balance` mode.
 std::unique_ptr<Balancer> makeBalancer(config::Balance balance);
+
+// The 64-bit hash rendezvous hashing ranks servers by (FNV-1a, then a splitmix64 finaliser):
+// the same in every process and on every machine.
+std::uint64_t rendezvousScore(std::string_view key, std::string_view identity);
 
 } // namespace backend

@@ -6,6 +6,7 @@
 
 #include <netdb.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace backend {
@@ -46,10 +47,27 @@ Pool::Pool(const config::Backend& config, metrics::Registry& registry)
   }
 }
 
-Server* Pool::pick(const std::vector<const Server*>& tried) {
-  PickContext context{&tried};
-  int index = balancer_->pick(servers_, context);
-  return index < 0 ? nullptr : &servers_[static_cast<std::size_t>(index)];
+Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key) {
+  candidates_.resize(servers_.size());
+  for (std::size_t i = 0; i < servers_.size(); ++i) {
+    const Server& server = servers_[i];
+    bool wasTried = std::find(tried.begin(), tried.end(), &server) != tried.end();
+    candidates_[i] = {server.name, server.active, !wasTried};
+  }
+  int index = balancer_->pick(candidates_, key);
+  if (index < 0) {
+    return nullptr;
+  }
+  Server& chosen = servers_[static_cast<std::size_t>(index)];
+  chosen.metrics.selected();
+  ++chosen.active;
+  chosen.metrics.active(chosen.active);
+  return &chosen;
+}
+
+void Pool::release(Server& server) {
+  --server.active;
+  server.metrics.active(server.active);
 }
 
 } // namespace backend

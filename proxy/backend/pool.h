@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace backend {
@@ -33,8 +34,11 @@ public:
   std::vector<Server>& servers() { return servers_; }
   metrics::BackendMetrics& metrics() { return metrics_; }
 
-  // The server for a new connection attempt, or nullptr when none is left to try.
-  Server* pick(const std::vector<const Server*>& tried);
+  // The server for a new connection attempt, or nullptr when none is left to try. `key` is
+  // the client address (source_hash) or user (user_hash).
+  // The chosen server counts the session as active until release().
+  Server* pick(const std::vector<const Server*>& tried, std::string_view key);
+  void release(Server& server);
 
   // For `tls = "implicit"` pools: the context new backend connections are made with.
   tls::ClientContext* tlsContext() { return tlsContext_.get(); }
@@ -47,6 +51,7 @@ private:
   std::unique_ptr<Balancer> balancer_;
   metrics::BackendMetrics metrics_;
   std::shared_ptr<tls::ClientContext> tlsContext_;
+  std::vector<Candidate> candidates_; // scratch for pick(), kept to avoid an allocation each time
   std::string error_;
 };
 

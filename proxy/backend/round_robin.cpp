@@ -1,8 +1,5 @@
-// Round robin: each new session takes the next server in turn, skipping those already tried.
+// Round robin: each new session takes the next usable server in turn.
 #include "proxy/backend/balancer.h"
-#include "proxy/backend/pool.h"
-
-#include <algorithm>
 
 namespace backend {
 
@@ -10,17 +7,10 @@ namespace {
 
 class RoundRobin final : public Balancer {
 public:
-  int pick(const std::vector<Server>& servers, const PickContext& context) override {
-    if (servers.empty()) {
-      return -1;
-    }
-    for (std::size_t step = 0; step < servers.size(); ++step) {
-      std::size_t index = next_++ % servers.size();
-      const Server* server = &servers[index];
-      bool tried =
-          context.tried != nullptr &&
-          std::find(context.tried->begin(), context.tried->end(), server) != context.tried->end();
-      if (!tried) {
+  int pick(std::span<const Candidate> candidates, std::string_view) override {
+    for (std::size_t step = 0; step < candidates.size(); ++step) {
+      std::size_t index = next_++ % candidates.size();
+      if (candidates[index].usable) {
         return static_cast<int>(index);
       }
     }
@@ -34,7 +24,5 @@ private:
 } // namespace
 
 std::unique_ptr<Balancer> makeRoundRobin() { return std::make_unique<RoundRobin>(); }
-
-std::unique_ptr<Balancer> makeBalancer(config::Balance) { return makeRoundRobin(); }
 
 } // namespace backend

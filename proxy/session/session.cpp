@@ -166,7 +166,12 @@ void Session::handshakeFailed(const std::string& why) {
 }
 
 void Session::connectBackend() {
-  server_ = listener_.pool->pick(tried_);
+  // source_hash keys on the client's address (the one a trusted PROXY header gave, if any).
+  std::string key;
+  if (listener_.pool->config().balance == config::Balance::SourceHash) {
+    key = clientAddress_.substr(0, clientAddress_.rfind(':'));
+  }
+  server_ = listener_.pool->pick(tried_, key);
   if (server_ == nullptr) {
     // Every server was tried (or the pool has none): the client hears the protocol's own
     // "temporarily unavailable" and the session ends.
@@ -175,7 +180,6 @@ void Session::connectBackend() {
     return;
   }
   tried_.push_back(server_);
-  ++server_->active;
   connectStartedAt_ = timer_->now();
   timer_->start(listener_.pool->config().connect_timeout);
   int status = 0;
@@ -197,7 +201,7 @@ void Session::releaseBackend() {
   backendUpgrade_.reset();
   xclient_.reset();
   if (server_ != nullptr) {
-    --server_->active;
+    listener_.pool->release(*server_);
     server_ = nullptr;
   }
 }

@@ -1,0 +1,126 @@
+"""Balancing over several real Dovecot servers (SPEC §7, issue 5, first part): round robin,
+least connections, source hashing (stable per client address, also behind a PROXY header)."""
+
+import imaplib
+import os
+import socket
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import PASSWORD, USER  # noqa: E402
+
+dovecots = []
+
+
+def setUpModule():
+    for _ in range(3):
+        servers = harness.MailServers()
+        try:
+            servers.seed_mailbox()
+            servers.start_dovecot()
+        except Exception:
+            servers.stop()
+            for started in dovecots:
+                started.stop()
+            raise
+        dovecots.append(servers)
+
+
+def tearDownModule():
+    for servers in dovecots:
+        servers.stop()
+
+
+def config(balance):
+    names = ", ".join(f'"127.0.0.1:{d.imap_port}"' for d in dovecots)
+    return ('[metrics]\nlisten = "127.0.0.1:0"\n'
+            '[[listener]]\nname = "imap"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
+            'backend = "fleet"\n'
+            '[[listener]]\nname = "behind-lb"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
+            'backend = "fleet"\naccept_proxy_protocol = true\ntrusted_proxies = ["127.0.0.1"]\n'
+            f'[[backend]]\nname = "fleet"\nservers = [{names}]\nbalance = "{balance}"\n')
+
+
+class Balancing(unittest.TestCase):
+    def start(self, balance):
+        postern = harness.Postern(config(balance))
+        self.addCleanup(postern.cleanup)
+        postern.start()
+        return postern
+
+    def selected(self, postern):
+        return [postern.metric("postern_backend_selected_total", backend="fleet",
+                               server=f"127.0.0.1:{d.imap_port}") for d in dovecots]
+
+    def session(self, postern):
+        with imaplib.IMAP4(*postern.address("imap")) as imap:
+            imap.login(USER, PASSWORD)
+            imap.logout()
+
+    def test_round_robin_spreads_sessions_evenly(self):
+        postern = self.start("round_robin")
+        for _ in range(30):
+            self.session(postern)
+        self.assertEqual(self.selected(postern), [10, 10, 10])
+
+    def test_least_conn_fills_the_idlest_server(self):
+        postern = self.start("least_conn")
+        held = []
+        for _ in range(6):
+            imap = imaplib.IMAP4(*postern.address("imap"))
+            imap.login(USER, PASSWORD)
+            held.append(imap)
+        active = [postern.metric("postern_backend_connections_active", backend="fleet",
+                                 server=f"127.0.0.1:{d.imap_port}") for d in dovecots]
+        self.assertEqual(active, [2, 2, 2])
+        # Ties go in turn, so sessions 0 and 3 share a server: free both, and the next two
+        # sessions must go there.
+        held[0].logout()
+        held[3].logout()
+        self.assertTrue(harness.wait_until(lambda: sorted(
+            postern.metric("postern_backend_connections_active", backend="fleet",
+                           server=f"127.0.0.1:{d.imap_port}") for d in dovecots) == [0, 2, 2]))
+        before = self.selected(postern)
+        for _ in range(2):
+            imap = imaplib.IMAP4(*postern.address("imap"))
+            imap.login(USER, PASSWORD)
+            held.append(imap)
+        after = self.selected(postern)
+        gained = [a - b for a, b in zip(after, before)]
+        self.assertEqual(sorted(gained), [0, 0, 2], "both new sessions went to the idle server")
+        for imap in held[1:3] + held[4:]:
+            imap.logout()
+
+    def test_source_hash_is_stable_per_client_address(self):
+        postern = self.start("source_hash")
+        for _ in range(9):
+            self.session(postern)
+        counts = self.selected(postern)
+        self.assertEqual(sorted(counts), [0, 0, 9], "one client address, one server")
+        # Behind a load balancer the address in the PROXY header is the key.
+        chosen = {}
+        for round_ in range(2):
+            for i in range(24):
+                address = f"198.51.100.{i + 1}"
+                before = self.selected(postern)
+                with socket.create_connection(postern.address("behind-lb"), timeout=10) as sock:
+                    sock.sendall(f"PROXY TCP4 {address} 127.0.0.1 40000 143\r\n".encode())
+                    f = sock.makefile("rb")
+                    self.assertTrue(f.readline().startswith(b"* OK"))
+                    sock.sendall(b"a LOGOUT\r\n")
+                    f.read()
+                    f.close()
+                after = self.selected(postern)
+                server = [j for j in range(3) if after[j] != before[j]]
+                self.assertEqual(len(server), 1)
+                if round_ == 0:
+                    chosen[address] = server[0]
+                else:
+                    self.assertEqual(chosen[address], server[0], address)
+        self.assertEqual(len(set(chosen.values())), 3, "24 addresses use all three servers")
+
+
+if __name__ == "__main__":
+    unittest.main()
