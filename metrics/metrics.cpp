@@ -59,6 +59,9 @@ struct ServerMetrics::Series {
   prometheus::Gauge* certificateExpiry;
   prometheus::Counter* selected;
   prometheus::Gauge* active;
+  prometheus::Gauge* up;
+  prometheus::Counter* checksOk;
+  prometheus::Counter* checksFailed;
 };
 
 void ListenerMetrics::accepted() {
@@ -115,6 +118,12 @@ void ServerMetrics::selected() { series_->selected->Increment(); }
 
 void ServerMetrics::active(std::size_t sessions) {
   series_->active->Set(static_cast<double>(sessions));
+}
+
+void ServerMetrics::up(bool isUp) { series_->up->Set(isUp ? 1 : 0); }
+
+void ServerMetrics::healthCheck(bool ok) {
+  (ok ? series_->checksOk : series_->checksFailed)->Increment();
 }
 
 void BackendMetrics::connectDuration(double seconds) { series_->connectDuration->Observe(seconds); }
@@ -216,6 +225,16 @@ struct Registry::Impl {
       prometheus::BuildGauge()
           .Name("postern_backend_connections_active")
           .Help("Sessions using each backend server now.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& backendUp =
+      prometheus::BuildGauge()
+          .Name("postern_backend_up")
+          .Help("1 while a backend server takes new sessions, 0 while health checks hold it down.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& healthChecks =
+      prometheus::BuildCounter()
+          .Name("postern_health_checks_total")
+          .Help("Active health checks by server and result.")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& configReloads =
       prometheus::BuildCounter()
@@ -339,6 +358,12 @@ ServerMetrics Registry::server(const std::string& backend, const std::string& se
           : nullptr;
   series.selected = &impl_->backendSelected.Add({{"backend", backend}, {"server", server}});
   series.active = &impl_->backendActive.Add({{"backend", backend}, {"server", server}});
+  series.up = &impl_->backendUp.Add({{"backend", backend}, {"server", server}});
+  series.up->Set(1);
+  series.checksOk =
+      &impl_->healthChecks.Add({{"backend", backend}, {"server", server}, {"result", "ok"}});
+  series.checksFailed =
+      &impl_->healthChecks.Add({{"backend", backend}, {"server", server}, {"result", "failed"}});
   ServerMetrics handle;
   handle.series_ = &series;
   return handle;

@@ -77,6 +77,8 @@ public:
   void certificateExpiry(double secondsSinceEpoch);
   void selected();
   void active(std::size_t sessions);
+  void up(bool isUp);
+  void healthCheck(bool ok);
 
 private:
   friend class Registry;

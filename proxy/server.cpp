@@ -82,6 +82,15 @@ std::expected<void, std::string> Server::start() {
                                 {"tls", config::toString(listener.tls)},
                                 {"backend", listener.backend}});
   }
+  // Health checks speak the protocol of the listeners that use each pool.
+  for (auto& [name, pool] : pools_) {
+    for (const config::Listener& listener : config_.listeners) {
+      if (listener.backend == name) {
+        pool->startHealthChecks(&loop_, listener.protocol);
+        break;
+      }
+    }
+  }
   uv_signal_init(&loop_, &sigterm_);
   uv_signal_init(&loop_, &sigint_);
   uv_signal_init(&loop_, &sighup_);
@@ -239,6 +248,9 @@ void Server::stopLoop() {
   if (graceTimer_ != nullptr) {
     graceTimer_->close();
     graceTimer_ = nullptr;
+  }
+  for (auto& [name, pool] : pools_) {
+    pool->stopHealthChecks();
   }
   for (uv_signal_t* handle : {&sigterm_, &sigint_, &sighup_}) {
     if (handle->loop != nullptr && uv_is_closing(reinterpret_cast<uv_handle_t*>(handle)) == 0) {

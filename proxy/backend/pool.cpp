@@ -52,7 +52,7 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
   for (std::size_t i = 0; i < servers_.size(); ++i) {
     const Server& server = servers_[i];
     bool wasTried = std::find(tried.begin(), tried.end(), &server) != tried.end();
-    candidates_[i] = {server.name, server.active, !wasTried};
+    candidates_[i] = {server.name, server.active, server.up && !wasTried};
   }
   int index = balancer_->pick(candidates_, key);
   if (index < 0) {
@@ -63,6 +63,47 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
   ++chosen.active;
   chosen.metrics.active(chosen.active);
   return &chosen;
+}
+
+void Pool::report(Server& server, bool ok, bool active, const std::string& reason) {
+  if (active) {
+    server.metrics.healthCheck(ok);
+  }
+  if (ok) {
+    server.failures = 0;
+    if (!server.up && ++server.successes >= config_.health.rise) {
+      server.up = true;
+      server.successes = 0;
+      server.metrics.up(true);
+      logging::info("backend server up", {{"backend", config_.name}, {"server", server.name}});
+    }
+    return;
+  }
+  server.successes = 0;
+  if (server.up && ++server.failures >= config_.health.fall) {
+    server.up = false;
+    server.failures = 0;
+    server.metrics.up(false);
+    logging::warn("backend server down", {{"backend", config_.name},
+                                          {"server", server.name},
+                                          {"reason", reason},
+                                          {"check", active ? "active" : "passive"}});
+  }
+}
+
+void Pool::startHealthChecks(uv_loop_t* loop, config::Protocol protocol) {
+  for (Server& server : servers_) {
+    server.metrics.up(server.up);
+    auto checker = std::make_unique<HealthChecker>(loop, *this, server, protocol);
+    checker->start();
+    checkers_.push_back(std::move(checker));
+  }
+}
+
+void Pool::stopHealthChecks() {
+  for (auto& checker : checkers_) {
+    checker->stop();
+  }
 }
 
 void Pool::release(Server& server) {

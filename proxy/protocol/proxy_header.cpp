@@ -162,12 +162,13 @@ std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_stor
            std::to_string(portOf(destination)) + "\r\n";
   }
   std::string header(kV2Signature, sizeof kV2Signature);
-  header += static_cast<char>(0x21); // version 2, PROXY
   if (!known) {
-    header += static_cast<char>(0x00);
-    header += std::string(2, '\0');
+    // LOCAL: nobody behind this connection (postern's own health checks).
+    header += static_cast<char>(0x20);
+    header += std::string(3, '\0');
     return header;
   }
+  header += static_cast<char>(0x21); // version 2, PROXY
   header += static_cast<char>(v6 ? 0x21 : 0x11);
   std::size_t length = v6 ? 36 : 12;
   header += static_cast<char>(length >> 8);

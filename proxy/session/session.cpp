@@ -216,6 +216,7 @@ void Session::backendFailed(metrics::BackendError reason, const std::string& det
                                    {"error", detail}});
   if (server_ != nullptr) {
     server_->metrics.error(reason);
+    listener_.pool->report(*server_, false, false, metrics::toString(reason)); // passive
   }
   releaseBackend();
   timer_->stop();

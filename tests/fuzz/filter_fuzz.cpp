@@ -2,6 +2,7 @@
 // split into reads. Built by the `fuzz` preset (clang); run for a bounded time by the suite.
 #include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
+#include "proxy/protocol/health_probe.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -59,6 +60,7 @@ void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selecto
   }
   protocol::SmtpXclient xclient("fuzz.example", protocol::xclientCommand("192.0.2.1", false, 1),
                                 "");
+  protocol::HealthProbe probe(static_cast<config::Protocol>(selector % 3), "fuzz.example", false);
   std::size_t start = 0;
   bool upgradeDone = false;
   bool xclientDone = false;
@@ -73,6 +75,7 @@ void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selecto
       upgradeDone = step == protocol::BackendStartTls::Step::Failed ||
                     step == protocol::BackendStartTls::Step::StartTls;
     }
+    probe.fromBackend(bytes);
     if (!xclientDone) {
       auto step = xclient.fromBackend(bytes).step;
       xclientDone = step == protocol::BackendStartTls::Step::Failed ||

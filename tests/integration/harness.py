@@ -22,8 +22,24 @@ def postern_binary():
     return os.environ.get("POSTERN_BIN", os.path.join(ROOT, "build", "default", "postern"))
 
 
+_next_port = [0]
+
+
 def free_port(host="127.0.0.1"):
+    """A port for a server the harness starts. Each test process takes ports from its own block
+    below the kernel's ephemeral range (chosen by PID), so test modules running side by side
+    never pick the same port between checking it and the server binding it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    base = 20000 + (os.getpid() % 250) * 50
+    while _next_port[0] < 50:
+        port = base + _next_port[0]
+        _next_port[0] += 1
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+                return port
+            except OSError:
+                continue
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -305,6 +321,16 @@ tlsmgr    unix  - - n 1000? 1 tlsmgr
         return (f"{self.host}:{self.smtps_port} inet n - n - - smtpd\n"
                 "  -o smtpd_tls_wrappermode=yes\n  -o smtpd_tls_security_level=encrypt\n")
 
+    def stop_dovecot(self):
+        if self.dovecot is not None:
+            self.dovecot.terminate()
+            try:
+                self.dovecot.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.dovecot.kill()
+                self.dovecot.wait()
+            self.dovecot = None
+
     def start(self):
         try:
             self.seed_mailbox()
@@ -325,14 +351,7 @@ tlsmgr    unix  - - n 1000? 1 tlsmgr
                 self.postfix.kill()
                 self.postfix.wait()
             self.postfix_started = False
-        if self.dovecot is not None:
-            self.dovecot.terminate()
-            try:
-                self.dovecot.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.dovecot.kill()
-                self.dovecot.wait()
-            self.dovecot = None
+        self.stop_dovecot()
         if os.environ.get("POSTERN_KEEP_RUN") != "1":
             shutil.rmtree(self.run, ignore_errors=True)
 

@@ -33,19 +33,19 @@ def tearDownModule():
         servers.stop()
 
 
-def config(balance):
+def config(balance, health=""):
     names = ", ".join(f'"127.0.0.1:{d.imap_port}"' for d in dovecots)
     return ('[metrics]\nlisten = "127.0.0.1:0"\n'
             '[[listener]]\nname = "imap"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
             'backend = "fleet"\n'
             '[[listener]]\nname = "behind-lb"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
             'backend = "fleet"\naccept_proxy_protocol = true\ntrusted_proxies = ["127.0.0.1"]\n'
-            f'[[backend]]\nname = "fleet"\nservers = [{names}]\nbalance = "{balance}"\n')
+            f'[[backend]]\nname = "fleet"\nservers = [{names}]\nbalance = "{balance}"\n{health}')
 
 
 class Balancing(unittest.TestCase):
-    def start(self, balance):
-        postern = harness.Postern(config(balance))
+    def start(self, balance, health=""):
+        postern = harness.Postern(config(balance, health))
         self.addCleanup(postern.cleanup)
         postern.start()
         return postern
@@ -120,6 +120,55 @@ class Balancing(unittest.TestCase):
                 else:
                     self.assertEqual(chosen[address], server[0], address)
         self.assertEqual(len(set(chosen.values())), 3, "24 addresses use all three servers")
+
+
+    def up(self, postern, index):
+        return postern.metric("postern_backend_up", backend="fleet",
+                              server=f"127.0.0.1:{dovecots[index].imap_port}")
+
+    def test_health_checks_take_a_dead_server_out_and_bring_it_back(self):
+        postern = self.start("round_robin", 'health = { interval = "300ms", timeout = "250ms", '
+                                            'rise = 2, fall = 2 }\n')
+        self.assertTrue(harness.wait_until(lambda: postern.metric(
+            "postern_health_checks_total", result="ok") >= 6), "every server checked, politely")
+        victim = dovecots[0]
+        victim.stop_dovecot()
+        # Down within interval x fall (plus a timeout): no session is sent there any more.
+        self.assertTrue(harness.wait_until(lambda: self.up(postern, 0) == 0, timeout=5))
+        self.assertIn('msg="backend server down"', postern.log())
+        before = self.selected(postern)
+        for _ in range(12):
+            self.session(postern)  # every one succeeds on the two others
+        after = self.selected(postern)
+        self.assertEqual(after[0], before[0])
+        self.assertEqual(after[1] - before[1] + after[2] - before[2], 12)
+        victim.start_dovecot()
+        self.assertTrue(harness.wait_until(lambda: self.up(postern, 0) == 1, timeout=5))
+        before = self.selected(postern)
+        for _ in range(6):
+            self.session(postern)
+        self.assertEqual(self.selected(postern)[0] - before[0], 2, "back in the rotation")
+        self.assertGreater(postern.metric("postern_health_checks_total", result="failed"), 0)
+        # The checks said goodbye: Dovecot logs a LOGOUT, not a dropped connection.
+        with open(dovecots[1].dovecot_log, errors="replace") as f:
+            self.assertIn("Aborted login by logging out", f.read())
+
+    def test_all_servers_down_gives_the_unavailable_reply(self):
+        postern = self.start("round_robin", 'health = { interval = "300ms", timeout = "250ms", '
+                                            'rise = 1, fall = 1 }\n')
+        for d in dovecots:
+            d.stop_dovecot()
+        try:
+            self.assertTrue(harness.wait_until(
+                lambda: all(self.up(postern, i) == 0 for i in range(3)), timeout=5))
+            with socket.create_connection(postern.address("imap"), timeout=10) as sock:
+                self.assertTrue(sock.recv(200).startswith(b"* BYE [UNAVAILABLE]"))
+        finally:
+            for d in dovecots:
+                d.start_dovecot()
+        self.assertTrue(harness.wait_until(
+            lambda: all(self.up(postern, i) == 1 for i in range(3)), timeout=5))
+        self.session(postern)
 
 
 if __name__ == "__main__":

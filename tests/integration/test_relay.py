@@ -285,9 +285,14 @@ class BackendFailures(PosternCase):
             self.assertTrue(self.wait_closed(postern, listener, 1))
             self.assertEqual(postern.metric("postern_sessions_closed_total", listener=listener,
                                             reason="backend_unavailable"), 1)
-        # Default retries = 2 on a one-server pool: each session tried the server once.
-        self.assertEqual(postern.metric("postern_backend_errors_total", backend="dead",
-                                        server=f"127.0.0.1:{dead}", reason="refused"), 3)
+        # Each session tried the one server at most once; refused connects (of sessions and of
+        # the health checks) soon mark it down, and then nothing is tried at all.
+        refused = postern.metric("postern_backend_errors_total", backend="dead",
+                                 server=f"127.0.0.1:{dead}", reason="refused")
+        self.assertGreaterEqual(refused, 1)
+        self.assertLessEqual(refused, 3)
+        self.assertTrue(harness.wait_until(lambda: postern.metric(
+            "postern_backend_up", backend="dead", server=f"127.0.0.1:{dead}") == 0))
         self.assert_clean_exit(postern)
 
     def test_refused_server_is_retried_on_the_next(self):
@@ -399,8 +404,9 @@ class Limits(PosternCase):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         time.sleep(1.0)  # the backend floods while the client reads nothing
         grown = rss_kib(pid) - before
-        # Backpressure: postern stops reading the backend instead of buffering 64 MiB.
-        self.assertLess(grown, 8 * 1024, f"postern grew by {grown} KiB for one stalled client")
+        # Backpressure: postern stops reading the backend instead of buffering 64 MiB. (The bound
+        # leaves room for AddressSanitizer's quarantine of freed memory.)
+        self.assertLess(grown, 16 * 1024, f"postern grew by {grown} KiB for one stalled client")
         digest = hashlib.sha256()
         expected = hashlib.sha256()
         block = bytes(range(256)) * 256

@@ -1,0 +1,45 @@
+// A polite health check as a pure dialogue (SPEC §7): expect the greeting, ask for capabilities,
+// say goodbye. The capabilities a server reports are kept for login mode.
+#pragma once
+
+#include "config/model.h"
+#include "proxy/protocol/line_reader.h"
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace protocol {
+
+class HealthProbe {
+public:
+  enum class Step { NeedMore, Send, Done, Failed };
+  struct Result {
+    Step step = Step::NeedMore;
+    std::string toBackend;
+    std::string reason;
+  };
+
+  // `greeted`: the greeting was read already (by backend STARTTLS); start() asks for
+  // capabilities at once.
+  HealthProbe(config::Protocol protocol, std::string hostname, bool greeted);
+
+  Result start();
+  Result fromBackend(std::span<const char> data);
+  const std::vector<std::string>& capabilities() const { return capabilities_; }
+
+private:
+  enum class State { Greeting, Capabilities, Goodbye, Finished };
+  Result askCapabilities();
+  Result line(std::string_view text);
+  Result fail(std::string reason);
+
+  config::Protocol protocol_;
+  std::string hostname_;
+  State state_;
+  LineReader reader_{8192};
+  std::vector<std::string> capabilities_;
+};
+
+} // namespace protocol

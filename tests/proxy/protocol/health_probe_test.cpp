@@ -1,0 +1,58 @@
+// The health probe: greeting, capabilities, goodbye, in each protocol; and what fails it.
+#include "proxy/protocol/health_probe.h"
+
+#include <gtest/gtest.h>
+
+namespace protocol {
+namespace {
+
+using Step = HealthProbe::Step;
+
+HealthProbe::Result feed(HealthProbe& probe, std::string_view bytes) {
+  return probe.fromBackend(std::span<const char>(bytes.data(), bytes.size()));
+}
+
+TEST(HealthProbe, Imap) {
+  HealthProbe probe(config::Protocol::Imap, "postern", false);
+  EXPECT_EQ(probe.start().step, Step::NeedMore);
+  EXPECT_EQ(feed(probe, "* OK ready\r\n").toBackend, "H1 CAPABILITY\r\n");
+  EXPECT_EQ(feed(probe, "* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n").step, Step::NeedMore);
+  EXPECT_EQ(feed(probe, "H1 OK done\r\n").toBackend, "H2 LOGOUT\r\n");
+  EXPECT_EQ(feed(probe, "* BYE bye\r\n").step, Step::NeedMore);
+  EXPECT_EQ(feed(probe, "H2 OK bye\r\n").step, Step::Done);
+  EXPECT_EQ(probe.capabilities(), (std::vector<std::string>{"IMAP4rev1", "IDLE", "AUTH=PLAIN"}));
+}
+
+TEST(HealthProbe, Pop3AfterStartTls) {
+  HealthProbe probe(config::Protocol::Pop3, "postern", true);
+  EXPECT_EQ(probe.start().toBackend, "CAPA\r\n");
+  EXPECT_EQ(feed(probe, "+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n").toBackend, "QUIT\r\n");
+  EXPECT_EQ(feed(probe, "+OK bye\r\n").step, Step::Done);
+  EXPECT_EQ(probe.capabilities(), (std::vector<std::string>{"USER", "SASL PLAIN"}));
+}
+
+TEST(HealthProbe, SmtpMultiLineGreeting) {
+  HealthProbe probe(config::Protocol::Smtp, "check.example", false);
+  EXPECT_EQ(feed(probe, "220-mx\r\n").step, Step::NeedMore);
+  EXPECT_EQ(feed(probe, "220 mx ESMTP\r\n").toBackend, "EHLO check.example\r\n");
+  EXPECT_EQ(feed(probe, "250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n").toBackend, "QUIT\r\n");
+  EXPECT_EQ(feed(probe, "221 bye\r\n").step, Step::Done);
+  EXPECT_EQ(probe.capabilities(), (std::vector<std::string>{"PIPELINING", "STARTTLS"}));
+}
+
+TEST(HealthProbe, Failures) {
+  HealthProbe preauth(config::Protocol::Imap, "p", false);
+  EXPECT_EQ(feed(preauth, "* BYE go away\r\n").step, Step::Failed);
+  HealthProbe busy(config::Protocol::Pop3, "p", false);
+  EXPECT_EQ(feed(busy, "-ERR busy\r\n").step, Step::Failed);
+  HealthProbe refused(config::Protocol::Smtp, "p", false);
+  EXPECT_EQ(feed(refused, "554 no\r\n").step, Step::Failed);
+  HealthProbe ehlo(config::Protocol::Smtp, "p", false);
+  feed(ehlo, "220 hi\r\n");
+  EXPECT_EQ(feed(ehlo, "502 no EHLO\r\n").step, Step::Failed);
+  HealthProbe noisy(config::Protocol::Imap, "p", false);
+  EXPECT_EQ(feed(noisy, std::string(9000, 'x')).step, Step::Failed);
+}
+
+} // namespace
+} // namespace protocol
