@@ -86,7 +86,7 @@ std::expected<void, std::string> Server::start() {
   for (auto& [name, pool] : pools_) {
     for (const config::Listener& listener : config_.listeners) {
       if (listener.backend == name) {
-        pool->startHealthChecks(&loop_, listener.protocol);
+        pool->start(&loop_, listener.protocol);
         break;
       }
     }
@@ -250,7 +250,7 @@ void Server::stopLoop() {
     graceTimer_ = nullptr;
   }
   for (auto& [name, pool] : pools_) {
-    pool->stopHealthChecks();
+    pool->stop();
   }
   for (uv_signal_t* handle : {&sigterm_, &sigint_, &sighup_}) {
     if (handle->loop != nullptr && uv_is_closing(reinterpret_cast<uv_handle_t*>(handle)) == 0) {

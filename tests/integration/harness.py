@@ -457,7 +457,8 @@ def parse_metric(text, name, labels):
     return total if found else 0.0
 
 
-def passthrough_config(servers, metrics="127.0.0.1:0", extra_global="", listeners=None):
+def passthrough_config(servers, metrics="127.0.0.1:0", extra_global="", listeners=None,
+                       backend_extra=""):
     """A postern config with plaintext passthrough listeners in front of `servers`."""
     listeners = listeners or [
         ("imap", "imap", "127.0.0.1:0", "imap-pool"),
@@ -478,5 +479,5 @@ def passthrough_config(servers, metrics="127.0.0.1:0", extra_global="", listener
     }
     for name, port in pools.items():
         text += (f'\n[[backend]]\nname = "{name}"\nservers = ["{servers.host}:{port}"]\n'
-                 f'connect_timeout = "3s"\n')
+                 f'connect_timeout = "3s"\n{backend_extra}')
     return text

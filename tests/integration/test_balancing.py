@@ -173,3 +173,74 @@ class Balancing(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NameResolution(unittest.TestCase):
+    """A backend server given by name: every address is a server, and the name is resolved
+    again every dns_refresh (SPEC §7). /etc/hosts stands in for DNS; it is restored after."""
+
+    NAME = "fleet.postern.test"
+
+    def setUp(self):
+        with open("/etc/hosts") as f:
+            self.saved_hosts = f.read()
+        self.addCleanup(self.restore_hosts)
+        port = harness.free_port("127.0.0.4")
+        self.servers = []
+        for host in ("127.0.0.4", "127.0.0.5"):
+            servers = harness.MailServers(host=host, ports={"imap": port})
+            self.addCleanup(servers.stop)
+            servers.seed_mailbox()
+            servers.start_dovecot()
+            self.servers.append(servers)
+        self.port = port
+
+    def restore_hosts(self):
+        with open("/etc/hosts", "w") as f:
+            f.write(self.saved_hosts)
+
+    def point_name_at(self, *addresses):
+        with open("/etc/hosts", "w") as f:
+            f.write(self.saved_hosts.rstrip("\n") + "\n")
+            for address in addresses:
+                f.write(f"{address} {self.NAME}\n")
+
+    def up(self, postern, address):
+        return postern.metric("postern_backend_up", backend="fleet", server=f"{address}:{self.port}")
+
+    def selected(self, postern, address):
+        return postern.metric("postern_backend_selected_total", backend="fleet",
+                              server=f"{address}:{self.port}")
+
+    def test_the_name_is_resolved_again(self):
+        self.point_name_at("127.0.0.4")
+        postern = harness.Postern(
+            '[metrics]\nlisten = "127.0.0.1:0"\n'
+            '[[listener]]\nname = "imap"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
+            'backend = "fleet"\n'
+            f'[[backend]]\nname = "fleet"\nservers = ["{self.NAME}:{self.port}"]\n'
+            'dns_refresh = "1s"\n')
+        self.addCleanup(postern.cleanup)
+        postern.start()
+        held = imaplib.IMAP4(*postern.address("imap"))
+        held.login(USER, PASSWORD)
+        self.assertEqual(self.selected(postern, "127.0.0.4"), 1)
+        # The name moves to another address: new sessions follow, the running one finishes.
+        self.point_name_at("127.0.0.5")
+        self.assertTrue(harness.wait_until(lambda: self.up(postern, "127.0.0.5") == 1, timeout=10))
+        self.assertIn('msg="backend server removed"', postern.log())
+        with imaplib.IMAP4(*postern.address("imap")) as imap:
+            imap.login(USER, PASSWORD)
+            imap.logout()
+        self.assertEqual(self.selected(postern, "127.0.0.5"), 1)
+        self.assertEqual(held.noop()[0], "OK", "the session on the vanished address goes on")
+        held.logout()
+        # Two addresses for the name: two servers, sharing the sessions.
+        self.point_name_at("127.0.0.4", "127.0.0.5")
+        self.assertTrue(harness.wait_until(lambda: self.up(postern, "127.0.0.4") == 1, timeout=10))
+        for _ in range(4):
+            with imaplib.IMAP4(*postern.address("imap")) as imap:
+                imap.login(USER, PASSWORD)
+                imap.logout()
+        self.assertEqual(self.selected(postern, "127.0.0.5"), 3)
+        self.assertEqual(self.selected(postern, "127.0.0.4"), 1 + 2)
