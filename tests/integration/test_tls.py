@@ -486,6 +486,13 @@ class Matrix(PosternCase):
                     except Exception as error:  # collect every cell, then report
                         failures.append(f"{name}: {error!r}")
         self.assertEqual(failures, [])
+        # The health checks spoke each backend TLS mode too, STARTTLS included.
+        for protocol in ("imap", "pop3", "smtp"):
+            for backend in self.MODES:
+                self.assertTrue(harness.wait_until(lambda: postern.metric(
+                    "postern_health_checks_total", backend=f"{protocol}-{backend}",
+                    result="ok") >= 1), f"{protocol}-{backend}")
+        self.assertEqual(postern.metric("postern_health_checks_total", result="failed"), 0)
 
     def imap(self, address, client, backend):
         imap = (imaplib.IMAP4_SSL(*address, ssl_context=client_context()) if client == "implicit"
