@@ -65,6 +65,8 @@ std::expected<void, std::string> Server::start() {
     entry.context.protocol = &protocol::info(listener.protocol);
     entry.context.pool = pools_.at(listener.backend).get();
     entry.context.tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
+    entry.context.clientLimits = session::ClientLimits(listener.limits.per_ip_max_connections,
+                                                       listener.limits.per_ip_connect_rate);
     auto socket = net::Listener::open(&loop_, listener.listen, &entry);
     if (!socket) {
       return std::unexpected("listener " + listener.name + ": cannot listen on " +

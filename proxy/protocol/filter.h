@@ -28,6 +28,7 @@ enum class Event {
   StartTlsInjection,    // bytes pipelined after STARTTLS (CVE-2011-0411 class); session closed
   AuthRefusedPlaintext, // authentication before TLS on a require_tls listener
   Authenticated,        // the backend accepted the client's authentication
+  MailAccepted,         // SMTP: the backend accepted MAIL FROM (mail is flowing)
 };
 
 struct EventRecord {

@@ -22,6 +22,8 @@ struct ProtocolInfo {
   std::string tooManyConnections;
   // Said to a client whose session postern ends at shutdown (SPEC §9).
   std::string shuttingDown;
+  // Said to a client that did not authenticate within preauth_timeout (SPEC §8).
+  std::string timedOut;
 };
 
 // `hostname` is the name SMTP replies start with (RFC 5321 §4.2: "421 <domain> ...").

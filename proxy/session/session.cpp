@@ -68,6 +68,20 @@ bool Session::start(uv_stream_t* listening) {
 }
 
 void Session::begin() {
+  // SPEC §8: per client address (the real one, behind a trusted PROXY header).
+  std::string address = clientAddress_.substr(0, clientAddress_.rfind(':'));
+  if (auto refused = listener_.clientLimits.admit(address, timer_->now())) {
+    rejectReason_ = *refused;
+    logging::warn("connection rejected", {{"listener", listener_.config.name},
+                                          {"client", clientAddress_},
+                                          {"reason", metrics::toString(*refused)}});
+    if (listener_.config.tls != config::TlsMode::Implicit) {
+      client_->write(listener_.protocol->tooManyConnections);
+    }
+    close(metrics::CloseReason::ProtocolError);
+    return;
+  }
+  limitKey_ = std::move(address);
   accepted_ = true;
   listener_.metrics.accepted();
   if (listener_.config.tls == config::TlsMode::Implicit) {
@@ -138,6 +152,9 @@ void Session::onClientSecured() {
         tlsVersion_, static_cast<double>(timer_->now() - upgradeStartedAt_) / 1000.0,
         clientTls_->resumed());
     listener_.metrics.startTls(metrics::StartTlsSide::Client, metrics::StartTlsResult::Ok);
+    if (listener_.config.protocol == config::Protocol::Smtp) {
+      preauthOver(); // SMTP relay sessions: the limit runs until TLS (SPEC §3)
+    }
     if (filter_ != nullptr) {
       filter_->tlsStarted(output_);
       apply(output_);
@@ -152,6 +169,9 @@ void Session::onClientSecured() {
   tlsCipher_ = clientTls_->cipher();
   listener_.metrics.tlsHandshakeOk(
       tlsVersion_, static_cast<double>(timer_->now() - startedAt_) / 1000.0, clientTls_->resumed());
+  if (listener_.config.protocol == config::Protocol::Smtp) {
+    preauthDone_ = true;
+  }
   // The client has nothing to say before the backend's greeting; it waits in the kernel.
   client_->pauseReading();
   phase_ = Phase::Connecting;
@@ -320,7 +340,10 @@ bool Session::becomeReady() {
   phase_ = Phase::Relaying;
   std::uint64_t now = timer_->now();
   listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt_) / 1000.0);
-  timer_->start(listener_.config.limits.idle_timeout);
+  if (filter_ == nullptr) {
+    preauthDone_ = true;
+  }
+  armTimer();
   if (client_->startReading() != 0) {
     close(metrics::CloseReason::ClientClosed);
     return false;
@@ -477,8 +500,11 @@ void Session::apply(protocol::Output& out) {
     case protocol::Event::AuthRefusedPlaintext:
       listener_.metrics.auth(record.mechanism, metrics::AuthResult::RefusedPlaintext);
       break;
-    case protocol::Event::StartTlsOk:    // counted when the handshake finishes
     case protocol::Event::Authenticated: // passthrough: the backend's verdict is relayed as is
+    case protocol::Event::MailAccepted:
+      preauthOver();
+      break;
+    case protocol::Event::StartTlsOk: // counted when the handshake finishes
       break;
     }
   }
@@ -502,6 +528,7 @@ void Session::apply(protocol::Output& out) {
   }
   if (relayOnly) {
     filter_.reset();
+    preauthOver();
   }
   if (startTls) {
     upgradeClient();
@@ -654,12 +681,40 @@ void Session::onTimer() {
   }
   std::uint64_t now = timer_->now();
   auto idle = static_cast<std::uint64_t>(listener_.config.limits.idle_timeout.count());
-  // The timer is armed once per idle period, not per read: a read only moves lastActivity_.
+  auto preauth = static_cast<std::uint64_t>(listener_.config.limits.preauth_timeout.count());
+  if (!preauthDone_ && now - startedAt_ >= preauth) {
+    // SPEC §8: a client that has not authenticated in time hears so in its protocol's words.
+    client_->write(listener_.protocol->timedOut);
+    close(metrics::CloseReason::Timeout);
+    return;
+  }
+  // The timer is armed once per period, not per read: a read only moves lastActivity_.
   if (now - lastActivity_ >= idle) {
     close(metrics::CloseReason::Timeout);
     return;
   }
-  timer_->start(std::chrono::milliseconds(idle - (now - lastActivity_)));
+  armTimer();
+}
+
+void Session::armTimer() {
+  std::uint64_t now = timer_->now();
+  auto idle = static_cast<std::uint64_t>(listener_.config.limits.idle_timeout.count());
+  std::uint64_t at = lastActivity_ + idle;
+  if (!preauthDone_) {
+    at = std::min<std::uint64_t>(
+        at,
+        startedAt_ + static_cast<std::uint64_t>(listener_.config.limits.preauth_timeout.count()));
+  }
+  timer_->start(std::chrono::milliseconds(at > now ? at - now : 0));
+}
+
+void Session::preauthOver() {
+  if (!preauthDone_) {
+    preauthDone_ = true;
+    if (phase_ == Phase::Relaying) {
+      armTimer();
+    }
+  }
 }
 
 void Session::shutdown() {
@@ -678,10 +733,11 @@ void Session::close(metrics::CloseReason reason) {
   double seconds = static_cast<double>(now - startedAt_) / 1000.0;
   std::string backendAddress = server_ != nullptr ? server_->addressText : "";
   if (!accepted_) {
-    // Refused before it became a session (no trusted PROXY header): counted as rejected only.
-    listener_.metrics.rejected(metrics::RejectReason::ProxyHeader);
+    // Refused before it became a session (PROXY header, per-IP limits): counted as rejected
+    // only; what postern said (the protocol's refusal) still goes out.
+    listener_.metrics.rejected(rejectReason_);
     releaseBackend();
-    client_->close();
+    client_->closeAfterFlush();
     client_ = nullptr;
     timer_->close();
     timer_ = nullptr;
@@ -689,6 +745,9 @@ void Session::close(metrics::CloseReason reason) {
     return;
   }
   listener_.metrics.closed(reason, seconds);
+  if (!limitKey_.empty()) {
+    listener_.clientLimits.leave(limitKey_, now);
+  }
   logging::access({{"listener", listener_.config.name},
                    {"protocol", listener_.protocol->name},
                    {"client", clientAddress_},

@@ -10,6 +10,7 @@
 #include "proxy/net/timer.h"
 #include "proxy/protocol/filter.h"
 #include "proxy/protocol/registry.h"
+#include "proxy/session/client_limits.h"
 #include "tls/context.h"
 #include "tls/engine.h"
 
@@ -31,6 +32,8 @@ struct ListenerContext {
   // The client-facing TLS context new sessions use (replaced on reload; running sessions keep
   // theirs). Null on plaintext listeners.
   std::shared_ptr<tls::ServerContext>* tls = nullptr;
+  // per_ip_max_connections and per_ip_connect_rate of this listener.
+  ClientLimits clientLimits{100, 50};
 };
 
 class Session;
@@ -108,6 +111,10 @@ private:
   void onTimer() override;
 
   void handshakeFailed(const std::string& why);
+  // Arms the timer for whichever comes first: the idle timeout or the pre-authentication one.
+  void armTimer();
+  // Authentication (or, for SMTP, TLS or an accepted MAIL) ends the pre-authentication limits.
+  void preauthOver();
   // The backend greeted (or finished its STARTTLS): the session relays from now on. False when
   // the session ended meanwhile.
   bool becomeReady();
@@ -160,6 +167,9 @@ private:
   std::string proxyHeader_;        // a PROXY header being read
   std::string earlyClient_;        // client bytes that came with the PROXY header
   bool accepted_ = false;          // counted as accepted (not refused before that)
+  metrics::RejectReason rejectReason_ = metrics::RejectReason::ProxyHeader;
+  std::string limitKey_; // the client address the per-IP limits count, once admitted
+  bool preauthDone_ = false;
   std::string tlsVersion_;
   std::string tlsCipher_;
 };

@@ -384,6 +384,55 @@ class Limits(PosternCase):
             imap.noop()
         self.assert_clean_exit(postern)
 
+    def test_per_ip_limits_answer_in_the_protocols_words(self):
+        text = harness.passthrough_config(servers)
+        text = text.replace("[metrics]", '[limits]\nper_ip_max_connections = 2\n\n[metrics]', 1)
+        # The POP3 listener overrides the rate: one new connection a second per address.
+        text = text.replace('name = "pop3"\n', 'name = "pop3"\nlimits = { per_ip_connect_rate = 1 }\n',
+                            1)
+        postern = self.start_postern(text)
+        held = [imaplib.IMAP4(*postern.address("imap")) for _ in range(2)]
+        line, rest = first_line(postern.address("imap"))
+        self.assertTrue(line.startswith(b"* BYE [UNAVAILABLE] Too many connections"), line)
+        self.assertEqual(rest, b"")
+        for imap in held:
+            imap.logout()
+        # One new connection a second (the burst is one second's worth): the second in a row
+        # is refused.
+        def greeting():
+            with socket.create_connection(postern.address("pop3"), timeout=10) as sock:
+                return sock.makefile("rb").readline()
+        replies = [greeting() for _ in range(2)]
+        self.assertTrue(replies[0].startswith(b"+OK"), replies)
+        self.assertTrue(replies[1].startswith(b"-ERR [SYS/TEMP] Too many connections"), replies)
+        self.assertTrue(harness.wait_until(lambda: postern.metric(
+            "postern_connections_rejected_total", listener="imap", reason="per_ip_limit") == 1))
+        self.assertGreaterEqual(postern.metric("postern_connections_rejected_total",
+                                               listener="pop3", reason="rate_limit"), 1)
+        self.assertEqual(postern.metric("postern_connections_accepted_total", listener="imap"),
+                         2, "refused connections are not counted as accepted")
+
+    def test_preauth_timeout_ends_a_session_that_never_logs_in(self):
+        text = harness.passthrough_config(servers)
+        text = text.replace("[metrics]", '[limits]\npreauth_timeout = "1s"\n\n[metrics]', 1)
+        postern = self.start_postern(text)
+        with socket.create_connection(postern.address("imap"), timeout=15) as sock:
+            self.assertTrue(sock.recv(4096).startswith(b"* OK"))
+            sock.sendall(b"a NOOP\r\n")  # activity does not help: only a login does
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertIn(b"* BYE Autologout", data)
+        # A session that logs in in time is not limited any more.
+        imap = imaplib.IMAP4(*postern.address("imap"))
+        imap.login(USER, PASSWORD)
+        time.sleep(1.5)
+        self.assertEqual(imap.noop()[0], "OK")
+        imap.logout()
+
     def test_idle_timeout_closes_a_silent_session(self):
         text = harness.passthrough_config(servers) + '\n[limits]\nidle_timeout = "1s"\n'
         # [limits] must come before the arrays of tables in TOML; rebuild the text accordingly.

@@ -82,7 +82,18 @@ public:
   }
 
 private:
-  enum class Kind { Greeting, Ehlo, Helo, Auth, Data, DataEnd, StartTlsForwarded, Other, Local };
+  enum class Kind {
+    Greeting,
+    Ehlo,
+    Helo,
+    Auth,
+    Mail,
+    Data,
+    DataEnd,
+    StartTlsForwarded,
+    Other,
+    Local
+  };
   struct Pending {
     Kind kind;
     std::string reply; // Local: what postern answers, in its turn
@@ -156,7 +167,11 @@ private:
       forward(line, equalsNoCase(verb, "EHLO") ? Kind::Ehlo : Kind::Helo, out);
       return;
     }
-    forward(line, equalsNoCase(verb, "DATA") ? Kind::Data : Kind::Other, out);
+    forward(line,
+            equalsNoCase(verb, "DATA")   ? Kind::Data
+            : equalsNoCase(verb, "MAIL") ? Kind::Mail
+                                         : Kind::Other,
+            out);
   }
 
   void startTls(std::string_view arguments, Output& out) {
@@ -245,6 +260,13 @@ private:
         return;
       }
       pending_.pop_front();
+      break;
+    case Kind::Mail:
+      appendReply(out);
+      pending_.pop_front();
+      if (code == "250") {
+        out.events.push_back({Event::MailAccepted});
+      }
       break;
     case Kind::StartTlsForwarded:
       appendReply(out);
