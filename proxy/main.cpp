@@ -6,7 +6,12 @@
 #include "proxy/server.h"
 #include "tls/certificate_check.h"
 
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <csignal>
 #include <cstdio>
@@ -41,6 +46,26 @@ std::expected<config::Config, int> loadChecked(const std::string& path) {
   std::cerr << path << ": " << diagnostics.size()
             << (diagnostics.size() == 1 ? " error" : " errors") << '\n';
   return std::unexpected(1);
+}
+
+// Drops root for `user` once the sockets are bound and the keys read (SPEC §9). Returns an
+// error text, or "" on success.
+std::string dropPrivileges(const std::string& user) {
+  if (user.empty()) {
+    return "";
+  }
+  struct passwd* account = getpwnam(user.c_str());
+  if (account == nullptr) {
+    return "no such user \"" + user + "\"";
+  }
+  if (initgroups(account->pw_name, account->pw_gid) != 0 || setgid(account->pw_gid) != 0 ||
+      setuid(account->pw_uid) != 0) {
+    return std::string("cannot become \"") + user + "\": " + std::strerror(errno);
+  }
+  if (account->pw_uid != 0 && setuid(0) == 0) {
+    return "privileges could be regained after dropping them";
+  }
+  return "";
 }
 
 std::string hostName() {
@@ -79,7 +104,13 @@ int run(const std::string& path) {
     logging::error("cannot start", {{"error", started.error()}});
     return 1;
   }
-  logging::info("started", {{"version", POSTERN_VERSION}, {"config", path}});
+  if (std::string error = dropPrivileges(config.global.user); !error.empty()) {
+    logging::error("cannot drop privileges", {{"error", error}});
+    return 1;
+  }
+  logging::info("started", {{"version", POSTERN_VERSION},
+                            {"config", path},
+                            {"user", config.global.user.empty() ? "-" : config.global.user}});
   server.run();
   logging::info("stopped");
   return 0;

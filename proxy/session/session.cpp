@@ -718,7 +718,10 @@ void Session::preauthOver() {
 }
 
 void Session::shutdown() {
-  if (phase_ == Phase::Connecting && client_ != nullptr) {
+  // SPEC §9: the protocol's goodbye where postern still holds the dialogue (before the backend
+  // greeted, or while the session is still parsed); after that it would land mid-stream.
+  bool parsed = phase_ == Phase::Connecting || (phase_ == Phase::Relaying && filter_ != nullptr);
+  if (parsed && client_ != nullptr && !clientUpgrading_) {
     client_->write(listener_.protocol->shuttingDown);
   }
   close(metrics::CloseReason::Shutdown);
