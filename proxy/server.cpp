@@ -6,6 +6,7 @@
 #include "proxy/protocol/registry.h"
 #include "tls/certificate_check.h"
 
+#include <algorithm>
 #include <csignal>
 
 namespace proxy {
@@ -14,9 +15,6 @@ Server::Server(const config::Config& config, metrics::Registry& registry)
     : config_(config), registry_(registry) {
   uv_loop_init(&loop_);
   net::attachLoopContext(&loop_, &loopContext_);
-  for (const config::Backend& backend : config_.backends) {
-    pools_.emplace(backend.name, std::make_unique<backend::Pool>(backend, registry_));
-  }
 }
 
 Server::~Server() {
@@ -33,65 +31,132 @@ std::expected<void, std::string> Server::loadTls(const config::Tls& tls) {
     return std::unexpected(context.error());
   }
   tlsContext_ = *context;
-  std::vector<metrics::Registry::Certificate> certificates;
-  for (const tls::CertificateInfo& info : tlsContext_->certificates()) {
-    certificates.push_back({info.subject, info.keyType, static_cast<double>(info.notAfter)});
-  }
-  registry_.setCertificates(certificates);
+  publishCertificates();
   return {};
 }
 
-std::expected<void, std::string> Server::start() {
-  for (auto& [name, pool] : pools_) {
-    if (!pool->error().empty()) {
-      return std::unexpected("backend " + name + ": " + pool->error());
+void Server::publishCertificates() {
+  std::vector<metrics::Registry::Certificate> certificates;
+  if (tlsContext_ != nullptr) {
+    for (const tls::CertificateInfo& info : tlsContext_->certificates()) {
+      certificates.push_back({info.subject, info.keyType, static_cast<double>(info.notAfter)});
     }
   }
-  bool needsTls = false;
-  for (const config::Listener& listener : config_.listeners) {
-    needsTls = needsTls || listener.tls != config::TlsMode::None;
+  registry_.setCertificates(certificates);
+}
+
+std::shared_ptr<session::ListenerContext>
+Server::makeContext(const config::Listener& listener,
+                    const std::map<std::string, std::shared_ptr<backend::Pool>>& pools, int port) {
+  auto context = std::make_shared<session::ListenerContext>();
+  context->config = listener;
+  context->protocol = &protocol::info(listener.protocol);
+  context->pool = pools.at(listener.backend);
+  context->tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
+  context->clientLimits = session::ClientLimits(listener.limits.per_ip_max_connections,
+                                                listener.limits.per_ip_connect_rate);
+  context->port = port;
+  // The same labels give the same series: counts go on across reloads.
+  context->metrics = registry_.listener(listener.name, context->protocol->name, port,
+                                        config::toString(listener.tls));
+  return context;
+}
+
+// Builds everything `config` describes next to what is running, then swaps it in. Any failure
+// (a pool's TLS context, certificates, a port that cannot be bound) leaves the old state whole.
+std::expected<void, std::string> Server::apply(const config::Config& config) {
+  std::map<std::string, std::shared_ptr<backend::Pool>> pools;
+  for (const config::Backend& backend : config.backends) {
+    auto pool = std::make_shared<backend::Pool>(backend, registry_);
+    if (!pool->error().empty()) {
+      return std::unexpected("backend " + backend.name + ": " + pool->error());
+    }
+    pools.emplace(backend.name, std::move(pool));
   }
+  bool needsTls = std::any_of(config.listeners.begin(), config.listeners.end(),
+                              [](const auto& l) { return l.tls != config::TlsMode::None; });
   if (needsTls) {
-    // Ticket keys rotate hourly; a ticket stays valid for two more hours.
-    ticketKeys_ = tls::makeTicketKeys(std::chrono::hours(1));
-    if (auto loaded = loadTls(config_.tls); !loaded) {
+    if (ticketKeys_ == nullptr) {
+      // Ticket keys rotate hourly; a ticket stays valid for two more hours, across reloads.
+      ticketKeys_ = tls::makeTicketKeys(std::chrono::hours(1));
+    }
+    if (auto loaded = loadTls(config.tls); !loaded) {
       return std::unexpected("TLS: " + loaded.error());
     }
   }
-  for (const config::Listener& listener : config_.listeners) {
-    ListenerEntry& entry = listeners_.emplace_back();
-    entry.server = this;
-    entry.context.config = listener;
-    entry.context.protocol = &protocol::info(listener.protocol);
-    entry.context.pool = pools_.at(listener.backend).get();
-    entry.context.tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
-    entry.context.clientLimits = session::ClientLimits(listener.limits.per_ip_max_connections,
-                                                       listener.limits.per_ip_connect_rate);
-    auto socket = net::Listener::open(&loop_, listener.listen, &entry);
-    if (!socket) {
-      return std::unexpected("listener " + listener.name + ": cannot listen on " +
-                             listener.listen.text() + ": " + socket.error());
+  // Sockets: a listener keeps its socket when its name and address stay; others are opened
+  // now, before anything running is touched.
+  std::vector<std::unique_ptr<ListenerEntry>> entries;
+  auto abandon = [&](std::string error) -> std::expected<void, std::string> {
+    for (auto& entry : entries) {
+      bool reused = std::any_of(listeners_.begin(), listeners_.end(),
+                                [&](const auto& old) { return old->socket == entry->socket; });
+      if (!reused && entry->socket != nullptr) {
+        entry->socket->close();
+      }
     }
-    entry.socket = *socket;
-    entry.context.port = entry.socket->port();
-    entry.context.metrics = registry_.listener(listener.name, entry.context.protocol->name,
-                                               entry.context.port, config::toString(listener.tls));
-    config::SocketAddress bound = listener.listen;
-    bound.port = static_cast<std::uint16_t>(entry.context.port);
-    logging::info("listening", {{"listener", listener.name},
-                                {"protocol", entry.context.protocol->name},
-                                {"address", bound.text()},
-                                {"tls", config::toString(listener.tls)},
-                                {"backend", listener.backend}});
+    return std::unexpected(std::move(error));
+  };
+  for (const config::Listener& listener : config.listeners) {
+    auto entry = std::make_unique<ListenerEntry>();
+    entry->server = this;
+    for (auto& old : listeners_) {
+      if (old->socket != nullptr && old->context->config.name == listener.name &&
+          old->context->config.listen.text() == listener.listen.text()) {
+        entry->socket = old->socket;
+      }
+    }
+    if (entry->socket == nullptr) {
+      auto socket = net::Listener::open(&loop_, listener.listen, entry.get());
+      if (!socket) {
+        return abandon("listener " + listener.name + ": cannot listen on " +
+                       listener.listen.text() + ": " + socket.error());
+      }
+      entry->socket = *socket;
+    }
+    entry->context = makeContext(listener, pools, entry->socket->port());
+    entries.push_back(std::move(entry));
   }
+  // Commit. Sockets no new listener kept are closed; the handlers of kept ones move over.
+  for (auto& old : listeners_) {
+    bool kept = std::any_of(entries.begin(), entries.end(),
+                            [&](const auto& entry) { return entry->socket == old->socket; });
+    if (!kept && old->socket != nullptr) {
+      logging::info("listener closed", {{"listener", old->context->config.name}});
+      old->socket->close();
+    }
+  }
+  for (auto& entry : entries) {
+    entry->socket->setHandler(entry.get());
+    config::SocketAddress bound = entry->context->config.listen;
+    bound.port = static_cast<std::uint16_t>(entry->context->port);
+    logging::info("listening", {{"listener", entry->context->config.name},
+                                {"protocol", entry->context->protocol->name},
+                                {"address", bound.text()},
+                                {"tls", config::toString(entry->context->config.tls)},
+                                {"backend", entry->context->config.backend}});
+  }
+  for (auto& [name, pool] : pools_) {
+    pool->stop(); // running sessions may still use it; it just stops checking
+  }
+  pools_ = std::move(pools);
+  listeners_ = std::move(entries);
   // Health checks speak the protocol of the listeners that use each pool.
   for (auto& [name, pool] : pools_) {
-    for (const config::Listener& listener : config_.listeners) {
+    for (const config::Listener& listener : config.listeners) {
       if (listener.backend == name) {
         pool->start(&loop_, listener.protocol);
         break;
       }
     }
+  }
+  config_ = config;
+  return {};
+}
+
+std::expected<void, std::string> Server::start() {
+  if (auto applied = apply(config_); !applied) {
+    return applied;
   }
   uv_signal_init(&loop_, &sigterm_);
   uv_signal_init(&loop_, &sigint_);
@@ -134,15 +199,15 @@ void Server::accept(ListenerEntry& entry) {
 // as rejected and never as accepted (SPEC §6).
 void Server::reject(ListenerEntry& entry, metrics::RejectReason reason) {
   net::TcpStream* stream = net::TcpStream::accept(entry.socket->stream(), nullptr);
-  entry.context.metrics.rejected(reason);
+  entry.context->metrics.rejected(reason);
   if (stream == nullptr) {
     return;
   }
-  const protocol::ProtocolInfo& info = *entry.context.protocol;
+  const protocol::ProtocolInfo& info = *entry.context->protocol;
   stream->write(reason == metrics::RejectReason::Draining ? info.shuttingDown
                                                           : info.tooManyConnections);
   stream->closeAfterFlush();
-  logging::warn("connection rejected", {{"listener", entry.context.config.name},
+  logging::warn("connection rejected", {{"listener", entry.context->config.name},
                                         {"client", net::formatAddress(stream->peer())},
                                         {"reason", metrics::toString(reason)}});
 }
@@ -167,15 +232,19 @@ void Server::onCheck(uv_check_t* handle) noexcept {
 void Server::onSignal(uv_signal_t* handle, int signal) noexcept {
   auto* server = static_cast<Server*>(handle->data);
   if (signal == SIGHUP) {
-    server->reloadCertificates();
+    server->reload();
     return;
   }
   server->beginDrain(signal == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
-// SIGHUP: certificates and keys are read again; new handshakes use them, running sessions keep
-// theirs. A configuration that does not load leaves everything as it was.
-void Server::reloadCertificates() {
+// SIGHUP (SPEC §9): the file is read and checked again; new listeners open, removed ones close,
+// changed pools and certificates apply to new sessions, running sessions keep what they started
+// with. A config that does not load or apply changes nothing.
+void Server::reload() {
+  if (draining_) {
+    return;
+  }
   auto loaded = config::loadFile(config_.file);
   std::vector<config::Diagnostic> problems;
   if (!loaded) {
@@ -183,22 +252,28 @@ void Server::reloadCertificates() {
   } else {
     problems = tls::checkConfig(*loaded);
   }
-  if (problems.empty() && tlsContext_ != nullptr) {
-    if (auto reloaded = loadTls(loaded->tls); !reloaded) {
-      problems.push_back({config_.file, {}, "tls", reloaded.error()});
+  std::shared_ptr<tls::ServerContext> previousTls = tlsContext_;
+  if (problems.empty()) {
+    if (auto applied = apply(*loaded); !applied) {
+      problems.push_back({config_.file, {}, "", applied.error()});
     }
   }
   if (!problems.empty()) {
     for (const config::Diagnostic& problem : problems) {
       logging::error("reload failed", {{"error", problem.text()}});
     }
+    if (tlsContext_ != previousTls) {
+      tlsContext_ = previousTls; // the certificates that still serve, and their gauges
+      publishCertificates();
+    }
     registry_.configReload(false);
     return;
   }
   registry_.configReload(true);
   logging::info("reloaded", {{"config", config_.file},
-                             {"certificates", std::to_string(config_.tls.certificates.size())},
-                             {"note", "certificates reloaded; other changes apply on restart"}});
+                             {"listeners", std::to_string(listeners_.size())},
+                             {"backends", std::to_string(pools_.size())},
+                             {"note", "workers, user, log and metrics settings apply on restart"}});
 }
 
 // SPEC §9: stop accepting, let sessions finish for up to shutdown_grace, then close the rest.
@@ -210,10 +285,10 @@ void Server::beginDrain(const char* signalName) {
   logging::info("draining", {{"signal", signalName},
                              {"sessions", std::to_string(sessions_.size())},
                              {"grace_ms", std::to_string(config_.global.shutdown_grace.count())}});
-  for (ListenerEntry& entry : listeners_) {
-    if (entry.socket != nullptr) {
-      entry.socket->close();
-      entry.socket = nullptr;
+  for (auto& entry : listeners_) {
+    if (entry->socket != nullptr) {
+      entry->socket->close();
+      entry->socket = nullptr;
     }
   }
   if (sessions_.empty()) {
@@ -241,10 +316,10 @@ void Server::stopLoop() {
     return;
   }
   stopped_ = true;
-  for (ListenerEntry& entry : listeners_) {
-    if (entry.socket != nullptr) {
-      entry.socket->close();
-      entry.socket = nullptr;
+  for (auto& entry : listeners_) {
+    if (entry->socket != nullptr) {
+      entry->socket->close();
+      entry->socket = nullptr;
     }
   }
   if (graceTimer_ != nullptr) {

@@ -33,21 +33,29 @@ public:
   void run();
 
 private:
-  // One per configured listener: the socket and what its sessions share.
+  // One per configured listener: the socket and what its new sessions share. A reload gives an
+  // entry a new context; sessions already running keep the one they started with.
   struct ListenerEntry final : net::Listener::Handler {
     Server* server = nullptr;
     net::Listener* socket = nullptr;
-    session::ListenerContext context;
+    std::shared_ptr<session::ListenerContext> context;
     void onConnection(net::Listener&) override { server->accept(*this); }
   };
+
+  // Pools, TLS, listeners: built from `config` and swapped in whole, or not at all.
+  std::expected<void, std::string> apply(const config::Config& config);
+  std::shared_ptr<session::ListenerContext>
+  makeContext(const config::Listener& listener,
+              const std::map<std::string, std::shared_ptr<backend::Pool>>& pools, int port);
 
   void accept(ListenerEntry& entry);
   void reject(ListenerEntry& entry, metrics::RejectReason reason);
   void onSessionClosed(session::Session& session) override;
   void onTimer() override; // shutdown grace expired
   void beginDrain(const char* signalName);
-  void reloadCertificates();
+  void reload();
   std::expected<void, std::string> loadTls(const config::Tls& tls);
+  void publishCertificates();
   void stopLoop();
   static void onSignal(uv_signal_t* handle, int signal) noexcept;
   static void onCheck(uv_check_t* handle) noexcept;
@@ -56,8 +64,8 @@ private:
   metrics::Registry& registry_;
   uv_loop_t loop_{};
   net::LoopContext loopContext_;
-  std::map<std::string, std::unique_ptr<backend::Pool>> pools_;
-  std::deque<ListenerEntry> listeners_;
+  std::map<std::string, std::shared_ptr<backend::Pool>> pools_;
+  std::vector<std::unique_ptr<ListenerEntry>> listeners_;
   std::unordered_map<session::Session*, std::unique_ptr<session::Session>> sessions_;
   std::vector<std::unique_ptr<session::Session>> finished_;
   uv_signal_t sigterm_{};

@@ -26,6 +26,8 @@ public:
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
   int port() const { return port_; }
+  // A reload hands a kept socket to the listener entry that now owns it.
+  void setHandler(Handler* handler) { handler_ = handler; }
   // Stops listening; the object is freed by the loop later. Idempotent.
   void close();
 

@@ -9,8 +9,8 @@
 
 namespace session {
 
-Session::Session(SessionOwner& owner, ListenerContext& listener, uv_loop_t* loop)
-    : owner_(owner), listener_(listener), loop_(loop) {}
+Session::Session(SessionOwner& owner, std::shared_ptr<ListenerContext> listener, uv_loop_t* loop)
+    : owner_(owner), listenerRef_(std::move(listener)), listener_(*listenerRef_), loop_(loop) {}
 
 Session::~Session() {
   // close() has released everything already; this guards against a session dropped unclosed.

@@ -26,7 +26,7 @@ namespace session {
 struct ListenerContext {
   config::Listener config;
   const protocol::ProtocolInfo* protocol = nullptr;
-  backend::Pool* pool = nullptr;
+  std::shared_ptr<backend::Pool> pool;
   metrics::ListenerMetrics metrics;
   int port = 0;
   // The client-facing TLS context new sessions use (replaced on reload; running sessions keep
@@ -51,7 +51,9 @@ class Session final : private net::TimerHandler {
 public:
   enum class Phase { ProxyHeader, Handshaking, Connecting, Relaying, Closed };
 
-  Session(SessionOwner& owner, ListenerContext& listener, uv_loop_t* loop);
+  // The session keeps the listener's context (and so its pool) it started with, whatever a
+  // reload changes afterwards.
+  Session(SessionOwner& owner, std::shared_ptr<ListenerContext> listener, uv_loop_t* loop);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -130,6 +132,7 @@ private:
   void finishIfBothEnded(metrics::CloseReason reason);
 
   SessionOwner& owner_;
+  std::shared_ptr<ListenerContext> listenerRef_;
   ListenerContext& listener_;
   uv_loop_t* loop_;
   ClientSide clientSide_{*this};

@@ -250,3 +250,68 @@ class NameResolution(unittest.TestCase):
                 imap.logout()
         self.assertEqual(self.selected(postern, "127.0.0.5"), 3)
         self.assertEqual(self.selected(postern, "127.0.0.4"), 1 + 2)
+
+
+class Reload(unittest.TestCase):
+    """SIGHUP (SPEC §9): new listeners open, removed ones close, changed pools apply to new
+    sessions, running sessions keep their config; a bad config changes nothing."""
+
+    def text(self, imap_server, extra_listener=True, broken=False):
+        text = ('[metrics]\nlisten = "127.0.0.1:0"\n'
+                '[[listener]]\nname = "imap"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
+                'backend = "imap-pool"\n')
+        if extra_listener:
+            text += ('[[listener]]\nname = "pop3"\nprotocol = "pop3"\nlisten = "127.0.0.1:0"\n'
+                     'backend = "pop3-pool"\n')
+        text += (f'[[backend]]\nname = "imap-pool"\n'
+                 f'servers = ["127.0.0.1:{dovecots[imap_server].imap_port}"]\n'
+                 f'[[backend]]\nname = "pop3-pool"\nservers = ["127.0.0.1:{dovecots[0].pop3_port}"]\n')
+        return text + ('colour = "blue"\n' if broken else "")
+
+    def reload(self, postern, text, result):
+        with open(postern.config_path, "w") as f:
+            f.write(text)
+        before = postern.metric("postern_config_reloads_total", result=result)
+        postern.process.send_signal(1)
+        self.assertTrue(harness.wait_until(lambda: postern.metric(
+            "postern_config_reloads_total", result=result) == before + 1))
+
+    def test_reload_applies_to_new_sessions_only(self):
+        postern = harness.Postern(self.text(0, extra_listener=False))
+        self.addCleanup(postern.cleanup)
+        postern.start()
+        imap_address = postern.address("imap")
+        held = imaplib.IMAP4(*imap_address)
+        held.login(USER, PASSWORD)
+        self.reload(postern, self.text(1, extra_listener=True), "ok")
+        # The new pop3 listener is open (its address is in the log); the imap socket stayed.
+        pop3 = harness.Postern.LISTENING.findall(postern.log())
+        pop3_address = [a for name, a in pop3 if name == "pop3"][-1]
+        host, port = pop3_address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            self.assertTrue(sock.makefile("rb").readline().startswith(b"+OK"))
+        with imaplib.IMAP4(*imap_address) as imap:
+            imap.login(USER, PASSWORD)
+            imap.logout()
+        self.assertEqual(postern.metric("postern_backend_selected_total",
+                                        server=f"127.0.0.1:{dovecots[1].imap_port}"), 1,
+                         "new sessions use the changed pool")
+        self.assertEqual(held.noop()[0], "OK", "the running session keeps its backend")
+        # A broken config is refused whole; the pop3 listener stays, and so does the imap pool.
+        self.reload(postern, self.text(0, broken=True), "failed")
+        self.assertIn("colour: unknown key", postern.log())
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            self.assertTrue(sock.makefile("rb").readline().startswith(b"+OK"))
+        # Removing the listener closes it.
+        self.reload(postern, self.text(1, extra_listener=False), "ok")
+        self.assertTrue(harness.wait_until(lambda: self._refused(host, int(port))))
+        held.logout()
+        self.assertEqual(postern.stop(), 0)
+
+    @staticmethod
+    def _refused(host, port):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return False
+        except ConnectionRefusedError:
+            return True
