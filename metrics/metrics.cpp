@@ -116,9 +116,7 @@ void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
 
 void ServerMetrics::selected() { series_->selected->Increment(); }
 
-void ServerMetrics::active(std::size_t sessions) {
-  series_->active->Set(static_cast<double>(sessions));
-}
+void ServerMetrics::activeChange(int delta) { series_->active->Increment(delta); }
 
 void ServerMetrics::up(bool isUp) { series_->up->Set(isUp ? 1 : 0); }
 

@@ -76,7 +76,8 @@ public:
   void error(BackendError reason);
   void certificateExpiry(double secondsSinceEpoch);
   void selected();
-  void active(std::size_t sessions);
+  // One more (+1) or one fewer (-1) session on the server; workers add up.
+  void activeChange(int delta);
   void up(bool isUp);
   void healthCheck(bool ok);
 

@@ -18,6 +18,8 @@
 #include <iostream>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -99,19 +101,44 @@ int run(const std::string& path) {
     logging::info("metrics listening", {{"address", bound.text()}, {"path", "/metrics"}});
   }
 
-  proxy::Server server(config, registry);
-  if (auto started = server.start(); !started) {
-    logging::error("cannot start", {{"error", started.error()}});
-    return 1;
+  // SPEC §9: `workers` loops, each its own thread, sharing the listening ports (SO_REUSEPORT).
+  unsigned workers = config.global.workers != 0 ? config.global.workers
+                                                : std::max(1u, std::thread::hardware_concurrency());
+  proxy::Shared shared;
+  std::vector<std::unique_ptr<proxy::Server>> servers;
+  config::Config workerConfig = config;
+  for (unsigned i = 0; i < workers; ++i) {
+    servers.push_back(
+        std::make_unique<proxy::Server>(workerConfig, registry, shared, static_cast<int>(i)));
+    if (auto started = servers.back()->start(); !started) {
+      logging::error("cannot start", {{"error", started.error()}});
+      return 1;
+    }
+    if (i == 0) {
+      // Port 0 picks a port once; the other workers bind that same port.
+      auto ports = servers.front()->boundPorts();
+      for (config::Listener& listener : workerConfig.listeners) {
+        listener.listen.port = static_cast<std::uint16_t>(ports[listener.name]);
+      }
+    }
   }
+  proxy::Server& server = *servers.front();
   if (std::string error = dropPrivileges(config.global.user); !error.empty()) {
     logging::error("cannot drop privileges", {{"error", error}});
     return 1;
   }
   logging::info("started", {{"version", POSTERN_VERSION},
                             {"config", path},
+                            {"workers", std::to_string(workers)},
                             {"user", config.global.user.empty() ? "-" : config.global.user}});
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < workers; ++i) {
+    threads.emplace_back([worker = servers[i].get()] { worker->run(); });
+  }
   server.run();
+  for (std::thread& thread : threads) {
+    thread.join();
+  }
   logging::info("stopped");
   return 0;
 }

@@ -11,8 +11,21 @@
 
 namespace proxy {
 
-Server::Server(const config::Config& config, metrics::Registry& registry)
-    : config_(config), registry_(registry) {
+std::shared_ptr<session::ClientLimits> Shared::limitsFor(const config::Listener& listener) {
+  std::lock_guard lock(mutex);
+  std::string key = listener.name + "/" + std::to_string(listener.limits.per_ip_max_connections) +
+                    "/" + std::to_string(listener.limits.per_ip_connect_rate);
+  auto& limits = clientLimits[key];
+  if (limits == nullptr) {
+    limits = std::make_shared<session::ClientLimits>(listener.limits.per_ip_max_connections,
+                                                     listener.limits.per_ip_connect_rate);
+  }
+  return limits;
+}
+
+Server::Server(const config::Config& config, metrics::Registry& registry, Shared& shared,
+               int worker)
+    : config_(config), registry_(registry), shared_(shared), worker_(worker) {
   uv_loop_init(&loop_);
   net::attachLoopContext(&loop_, &loopContext_);
 }
@@ -53,8 +66,7 @@ Server::makeContext(const config::Listener& listener,
   context->protocol = &protocol::info(listener.protocol);
   context->pool = pools.at(listener.backend);
   context->tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
-  context->clientLimits = session::ClientLimits(listener.limits.per_ip_max_connections,
-                                                listener.limits.per_ip_connect_rate);
+  context->clientLimits = shared_.limitsFor(listener);
   context->port = port;
   // The same labels give the same series: counts go on across reloads.
   context->metrics = registry_.listener(listener.name, context->protocol->name, port,
@@ -128,6 +140,9 @@ std::expected<void, std::string> Server::apply(const config::Config& config) {
   }
   for (auto& entry : entries) {
     entry->socket->setHandler(entry.get());
+    if (worker_ != 0) {
+      continue; // every worker binds the same addresses; one says so
+    }
     config::SocketAddress bound = entry->context->config.listen;
     bound.port = static_cast<std::uint16_t>(entry->context->port);
     logging::info("listening", {{"listener", entry->context->config.name},
@@ -175,12 +190,20 @@ std::expected<void, std::string> Server::start() {
 
 void Server::run() { uv_run(&loop_, UV_RUN_DEFAULT); }
 
+std::map<std::string, int> Server::boundPorts() const {
+  std::map<std::string, int> ports;
+  for (const auto& entry : listeners_) {
+    ports[entry->context->config.name] = entry->context->port;
+  }
+  return ports;
+}
+
 void Server::accept(ListenerEntry& entry) {
   if (draining_) {
     reject(entry, metrics::RejectReason::Draining);
     return;
   }
-  if (sessions_.size() >= config_.global.max_connections) {
+  if (shared_.sessions.load() >= config_.global.max_connections) {
     reject(entry, metrics::RejectReason::MaxConnections);
     return;
   }
@@ -188,10 +211,12 @@ void Server::accept(ListenerEntry& entry) {
                                                     entry.context, &loop_);
   session::Session* raw = session.get();
   sessions_.emplace(raw, std::move(session));
+  ++shared_.sessions;
   if (!raw->start(entry.socket->stream())) {
     // The connection vanished between readiness and accept: nothing was counted.
     finished_.push_back(std::move(sessions_.at(raw)));
     sessions_.erase(raw);
+    --shared_.sessions;
   }
 }
 
@@ -220,6 +245,7 @@ void Server::onSessionClosed(session::Session& session) {
   // Freed by the check handle after this loop iteration, never inside the session's own callback.
   finished_.push_back(std::move(found->second));
   sessions_.erase(found);
+  --shared_.sessions;
   if (draining_ && sessions_.empty()) {
     stopLoop();
   }
@@ -266,10 +292,14 @@ void Server::reload() {
       tlsContext_ = previousTls; // the certificates that still serve, and their gauges
       publishCertificates();
     }
-    registry_.configReload(false);
+    if (worker_ == 0) {
+      registry_.configReload(false); // every worker reloads; the count is per SIGHUP
+    }
     return;
   }
-  registry_.configReload(true);
+  if (worker_ == 0) {
+    registry_.configReload(true);
+  }
   logging::info("reloaded", {{"config", config_.file},
                              {"listeners", std::to_string(listeners_.size())},
                              {"backends", std::to_string(pools_.size())},

@@ -12,25 +12,40 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <deque>
 #include <expected>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace proxy {
 
+// What the worker threads share: the session count for max_connections, and per-listener
+// client limits (so per-IP limits hold across workers).
+struct Shared {
+  std::atomic<std::size_t> sessions{0};
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<session::ClientLimits>> clientLimits;
+
+  std::shared_ptr<session::ClientLimits> limitsFor(const config::Listener& listener);
+};
+
 class Server final : private session::SessionOwner, private net::TimerHandler {
 public:
-  Server(const config::Config& config, metrics::Registry& registry);
+  // `worker` numbers the loop (0 logs what all workers share).
+  Server(const config::Config& config, metrics::Registry& registry, Shared& shared, int worker);
   ~Server();
 
   // Opens every listener; on failure, what could not be bound.
   std::expected<void, std::string> start();
   // Runs the loop until a drain (SIGTERM/SIGINT) has finished.
   void run();
+  // The port each listener is bound to (port 0 in the config becomes a real one).
+  std::map<std::string, int> boundPorts() const;
 
 private:
   // One per configured listener: the socket and what its new sessions share. A reload gives an
@@ -62,6 +77,8 @@ private:
 
   config::Config config_;
   metrics::Registry& registry_;
+  Shared& shared_;
+  int worker_;
   uv_loop_t loop_{};
   net::LoopContext loopContext_;
   std::map<std::string, std::shared_ptr<backend::Pool>> pools_;

@@ -198,7 +198,7 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
   Server& chosen = *servers_[indexes_[static_cast<std::size_t>(index)]];
   chosen.metrics.selected();
   ++chosen.active;
-  chosen.metrics.active(chosen.active);
+  chosen.metrics.activeChange(+1);
   return &chosen;
 }
 
@@ -230,7 +230,7 @@ void Pool::report(Server& server, bool ok, bool active, const std::string& reaso
 
 void Pool::release(Server& server) {
   --server.active;
-  server.metrics.active(server.active);
+  server.metrics.activeChange(-1);
   if (server.vanished && server.active == 0) {
     reap();
   }

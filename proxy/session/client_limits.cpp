@@ -38,6 +38,7 @@ std::optional<metrics::RejectReason> ClientLimits::admit(const std::string& addr
 }
 
 void ClientLimits::leave(const std::string& address, std::uint64_t nowMs) {
+  std::lock_guard lock(mutex_);
   auto it = clients_.find(address);
   if (it == clients_.end()) {
     return;

@@ -70,7 +70,7 @@ bool Session::start(uv_stream_t* listening) {
 void Session::begin() {
   // SPEC §8: per client address (the real one, behind a trusted PROXY header).
   std::string address = clientAddress_.substr(0, clientAddress_.rfind(':'));
-  if (auto refused = listener_.clientLimits.admit(address, timer_->now())) {
+  if (auto refused = listener_.clientLimits->admit(address, timer_->now())) {
     rejectReason_ = *refused;
     logging::warn("connection rejected", {{"listener", listener_.config.name},
                                           {"client", clientAddress_},
@@ -749,7 +749,7 @@ void Session::close(metrics::CloseReason reason) {
   }
   listener_.metrics.closed(reason, seconds);
   if (!limitKey_.empty()) {
-    listener_.clientLimits.leave(limitKey_, now);
+    listener_.clientLimits->leave(limitKey_, now);
   }
   logging::access({{"listener", listener_.config.name},
                    {"protocol", listener_.protocol->name},

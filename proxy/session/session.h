@@ -32,8 +32,8 @@ struct ListenerContext {
   // The client-facing TLS context new sessions use (replaced on reload; running sessions keep
   // theirs). Null on plaintext listeners.
   std::shared_ptr<tls::ServerContext>* tls = nullptr;
-  // per_ip_max_connections and per_ip_connect_rate of this listener.
-  ClientLimits clientLimits{100, 50};
+  // per_ip_max_connections and per_ip_connect_rate of this listener, shared by the workers.
+  std::shared_ptr<ClientLimits> clientLimits;
 };
 
 class Session;

@@ -250,3 +250,40 @@ class Baseline(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Workers(unittest.TestCase):
+    def test_two_workers_share_the_ports_and_the_counts(self):
+        text = ('[global]\nworkers = 2\nmax_connections = 4\n[metrics]\nlisten = "127.0.0.1:0"\n'
+                '[[listener]]\nname = "pop3"\nprotocol = "pop3"\nlisten = "127.0.0.1:0"\n'
+                'backend = "pop3"\nlimits = { per_ip_connect_rate = 100000 }\n'
+                f'[[backend]]\nname = "pop3"\nservers = ["127.0.0.1:{servers.pop3_port}"]\n')
+        workers = harness.Postern(text)
+        self.addCleanup(workers.cleanup)
+        workers.start()
+        pid = workers.process.pid
+        loops = [t for t in os.listdir(f"/proc/{pid}/task")]
+        self.assertGreaterEqual(len(loops), 2)
+        self.assertIn("workers=2", workers.log())
+        for _ in range(40):
+            with socket.create_connection(workers.address("pop3"), timeout=10) as sock:
+                f = sock.makefile("rb")
+                self.assertTrue(f.readline().startswith(b"+OK"))
+                sock.sendall(b"QUIT\r\n")
+                f.read()
+                f.close()
+        self.assertTrue(harness.wait_until(lambda: workers.metric(
+            "postern_sessions_closed_total", listener="pop3") == 40))
+        self.assertEqual(workers.metric("postern_connections_accepted_total", listener="pop3"), 40)
+        # max_connections holds across workers.
+        held = []
+        for _ in range(4):
+            sock = socket.create_connection(workers.address("pop3"), timeout=10)
+            self.assertTrue(sock.makefile("rb").readline().startswith(b"+OK"))
+            held.append(sock)
+        for _ in range(4):
+            with socket.create_connection(workers.address("pop3"), timeout=10) as sock:
+                self.assertTrue(sock.makefile("rb").readline().startswith(b"-ERR [SYS/TEMP]"))
+        for sock in held:
+            sock.close()
+        self.assertEqual(workers.stop(), 0)
