@@ -66,9 +66,16 @@ void HealthChecker::onConnected(int status) {
     // A v2 LOCAL-equivalent is not in v1; "UNKNOWN" says: no client behind this connection.
     sockaddr_storage none{};
     send(protocol::encodeProxyHeader(config.send_proxy_protocol, none, none));
+    if (stream_ == nullptr) {
+      return; // the write failed and finished the check
+    }
   }
   if (config.tls == config::TlsMode::Implicit) {
     SSL* ssl = pool_.tlsContext()->newSsl(server_.host);
+    if (ssl == nullptr) {
+      finish(false, "cannot create a TLS connection");
+      return;
+    }
     auto* stream = net::TlsStream::wrap(tcp_, tls::Engine::client(ssl), this);
     stream_ = stream;
     tls_ = &stream->engine();
@@ -105,6 +112,10 @@ void HealthChecker::onRead(std::span<const char> data) {
       finish(false, "STARTTLS: " + result.reason);
     } else if (result.step == Step::StartTls) {
       SSL* ssl = pool_.tlsContext()->newSsl(server_.host);
+      if (ssl == nullptr) {
+        finish(false, "cannot create a TLS connection");
+        return;
+      }
       auto* stream = net::TlsStream::wrap(tcp_, tls::Engine::client(ssl), this);
       stream_ = stream;
       tls_ = &stream->engine();

@@ -57,6 +57,10 @@ bool TlsStream::noticeHandshake() {
   if (!flush()) {
     return false;
   }
+  if (paused_) {
+    // The socket was read for the handshake's sake only; the owner still wants a pause.
+    tcp_->pauseReading();
+  }
   if (!early_.empty()) {
     std::string early;
     early.swap(early_);

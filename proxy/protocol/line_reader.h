@@ -27,8 +27,8 @@ public:
   std::optional<std::string_view> nextLine() {
     std::string_view rest = pending();
     std::size_t newline = rest.find('\n');
-    if (newline == std::string_view::npos) {
-      return std::nullopt;
+    if (newline == std::string_view::npos || newline + 1 > maxLine_) {
+      return std::nullopt; // incomplete, or too long even though complete (see tooLong())
     }
     std::string_view line = rest.substr(0, newline + 1);
     start_ += line.size();
@@ -105,6 +105,25 @@ inline bool equalsNoCase(std::string_view a, std::string_view b) {
 
 inline bool startsWithNoCase(std::string_view text, std::string_view prefix) {
   return text.size() >= prefix.size() && equalsNoCase(text.substr(0, prefix.size()), prefix);
+}
+
+// A command line's verb and arguments, split the way servers tokenise: leading spaces and tabs
+// skipped, the verb ending at a space or tab. (Splitting on one space only would let
+// " AUTH ..." or "MAIL\tFROM:" past a filter that a server then reads as AUTH or MAIL.)
+inline std::pair<std::string_view, std::string_view> splitCommand(std::string_view text) {
+  std::size_t start = text.find_first_not_of(" \t");
+  if (start == std::string_view::npos) {
+    return {{}, {}};
+  }
+  text.remove_prefix(start);
+  std::size_t end = text.find_first_of(" \t");
+  if (end == std::string_view::npos) {
+    return {text, {}};
+  }
+  std::string_view rest = text.substr(end);
+  std::size_t argument = rest.find_first_not_of(" \t");
+  return {text.substr(0, end),
+          argument == std::string_view::npos ? std::string_view() : rest.substr(argument)};
 }
 
 // The first word of `text` (up to a space) and the rest after that space.

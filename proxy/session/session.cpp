@@ -328,11 +328,34 @@ void Session::onBackendRead(std::span<const char> data) {
       xclientStep(xclient_->fromBackend(data));
       return;
     }
+    if (!greetingLooksReady(data)) {
+      // SPEC §7: a server that greets with a refusal is a failed server; another may serve.
+      std::string_view text(data.data(), std::min<std::size_t>(data.size(), 80));
+      backendFailed(metrics::BackendError::Greeting, std::string(text.substr(0, text.find('\r'))));
+      return;
+    }
     if (!becomeReady()) {
       return;
     }
   }
   relayFromBackend(data);
+}
+
+bool Session::greetingLooksReady(std::span<const char> data) const {
+  std::string_view text(data.data(), data.size());
+  auto starts = [&](std::string_view prefix) {
+    std::size_t n = std::min(prefix.size(), text.size());
+    return text.substr(0, n) == prefix.substr(0, n);
+  };
+  switch (listener_.config.protocol) {
+  case config::Protocol::Imap:
+    return starts("* OK") || starts("* PREAUTH");
+  case config::Protocol::Pop3:
+    return starts("+OK");
+  case config::Protocol::Smtp:
+    return starts("220");
+  }
+  return false;
 }
 
 bool Session::becomeReady() {
@@ -539,6 +562,8 @@ void Session::apply(protocol::Output& out) {
   }
   if (client_->pendingBytes() > net::ByteStream::kHighWater) {
     backend_->pauseReading();
+    // postern's own replies count too: a client that sends and never reads stops being read.
+    client_->pauseReading();
   }
 }
 
@@ -562,6 +587,10 @@ void Session::upgradeClient() {
 void Session::onClientDrained() {
   if (phase_ == Phase::Relaying && !backendEnded_ && backend_ != nullptr) {
     backend_->startReading();
+  }
+  if (phase_ == Phase::Relaying && !clientEnded_ && backend_ != nullptr &&
+      backend_->pendingBytes() <= net::ByteStream::kHighWater) {
+    client_->startReading();
   }
 }
 

@@ -53,6 +53,13 @@ public:
     }
     client_.append(data);
     while (!relay_ && !out.close && !out.startTls && deferredStartTls_.empty()) {
+      if (awaitingContinuation_ && !client_.empty()) {
+        // A synchronising literal is sent only after the server's "+": the server may refuse
+        // the command instead, and then these bytes would be commands postern never checked.
+        out.toClient += "* BYE Literal data sent before the server's continuation\r\n";
+        out.close = true;
+        break;
+      }
       if (clientLiteral_ > 0) {
         std::string_view raw = client_.takeRaw(clientLiteral_);
         if (raw.empty()) {
@@ -94,7 +101,7 @@ public:
       return;
     }
     backend_.append(data);
-    while (!relay_ && !out.close) {
+    while (!relay_ && !out.close && !out.startTls) {
       if (backendLiteral_ > 0) {
         std::string_view raw = backend_.takeRaw(backendLiteral_);
         if (raw.empty()) {
@@ -138,6 +145,13 @@ private:
   // Literal bookkeeping after a (part of a) command line that was forwarded or dropped.
   void afterCommandLine(std::string_view line) {
     if (auto literal = literalAtEnd(line)) {
+      if (!dropping_ && literal->synchronising) {
+        // Counted only once the backend says "+"; a tagged reply instead ends the command.
+        continuing_ = true;
+        awaitingContinuation_ = true;
+        awaitedLiteral_ = literal->size;
+        return;
+      }
       continuing_ = true;
       // A refused command's synchronising literal never comes: the client waits for "+".
       clientLiteral_ = dropping_ && literal->synchronising ? 0 : literal->size;
@@ -158,8 +172,9 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    auto [tag, rest] = splitWord(chomp(line));
-    auto [verb, arguments] = splitWord(rest);
+    auto [tag, rest] = splitCommand(chomp(line));
+    commandTag_ = std::string(tag);
+    auto [verb, arguments] = splitCommand(rest);
     if (equalsNoCase(verb, "STARTTLS")) {
       startTls(tag, arguments, line, out);
       return;
@@ -235,10 +250,18 @@ private:
       return;
     }
     if (line.starts_with("+")) {
+      if (awaitingContinuation_ && saslTag_.empty()) {
+        awaitingContinuation_ = false;
+        clientLiteral_ = awaitedLiteral_;
+      }
       return; // a continuation: for a literal or an AUTHENTICATE step
     }
     auto [tag, rest] = splitWord(chomp(line));
     auto [status, text] = splitWord(rest);
+    if (awaitingContinuation_ && tag == commandTag_) {
+      awaitingContinuation_ = false; // refused instead of "+": the literal never comes
+      continuing_ = false;
+    }
     for (auto it = pending_.begin(); it != pending_.end(); ++it) {
       if (it->tag != tag) {
         continue;
@@ -332,6 +355,9 @@ private:
   std::string deferredStartTls_;
   std::string deferredTag_;
   std::size_t clientLiteral_ = 0;
+  std::size_t awaitedLiteral_ = 0;
+  bool awaitingContinuation_ = false;
+  std::string commandTag_;
   std::size_t backendLiteral_ = 0;
   bool continuing_ = false;
   bool dropping_ = false;

@@ -47,7 +47,7 @@ public:
       return;
     }
     backend_.append(data);
-    while (!relay_ && !out.close) {
+    while (!relay_ && !out.close && !out.startTls) {
       auto line = backend_.nextLine();
       if (!line) {
         if (backend_.tooLong() && !inMultiLine_) {
@@ -70,7 +70,7 @@ public:
   }
 
 private:
-  enum class Kind { Greeting, Capa, Auth, Pass, MultiLine, Other, Local };
+  enum class Kind { Greeting, Capa, Auth, Pass, MultiLine, StlsForwarded, Other, Local };
   struct Pending {
     Kind kind;
     bool multiLine; // a +OK to this command is followed by lines up to "."
@@ -79,6 +79,10 @@ private:
   };
 
   void local(std::string text, Output& out, bool startTls = false) {
+    if (pending_.size() >= kMaxPending) {
+      tooManyPending(out);
+      return;
+    }
     if (pending_.empty()) {
       out.toClient += text;
       if (startTls) {
@@ -101,11 +105,10 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    auto [verb, arguments] = splitWord(chomp(line));
+    auto [verb, arguments] = splitCommand(chomp(line));
     if (equalsNoCase(verb, "STLS")) {
       if (policy_.listenerTls == config::TlsMode::None) {
-        forward(line, Kind::Other, false, out); // the backend's own STLS, end to end
-        stlsForwarded_ = true;
+        forward(line, Kind::StlsForwarded, false, out); // the backend's own STLS, end to end
         return;
       }
       if (tls_) {
@@ -155,7 +158,16 @@ private:
     }
   }
 
+  void tooManyPending(Output& out) {
+    out.toClient += "-ERR Too many pipelined commands\r\n";
+    out.close = true;
+  }
+
   void forward(std::string_view line, Kind kind, bool multiLine, Output& out) {
+    if (pending_.size() >= kMaxPending) {
+      tooManyPending(out);
+      return;
+    }
     out.toBackend += line;
     pending_.push_back({kind, multiLine, {}, false});
   }
@@ -176,6 +188,9 @@ private:
       }
       if (pending_.front().kind == Kind::Capa) {
         capa_.emplace_back(line);
+        if (capa_.size() > kMaxPending) {
+          out.close = true; // an endless capability list
+        }
       } else {
         out.toClient += line;
       }
@@ -211,8 +226,7 @@ private:
       out.events.push_back({Event::Authenticated});
       authenticated_ = true;
     }
-    if (stlsForwarded_ && kind == Kind::Other && ok) {
-      stlsForwarded_ = false;
+    if (kind == Kind::StlsForwarded && ok) {
       goRelay(out); // TLS end to end with the backend
       return;
     }
@@ -256,10 +270,10 @@ private:
   }
 
   std::deque<Pending> pending_;
+  static constexpr std::size_t kMaxPending = 1000;
   std::vector<std::string> capa_;
   bool inMultiLine_ = false;
   bool sasl_ = false;
-  bool stlsForwarded_ = false;
   bool startTlsWaiting_ = false;
   bool authenticated_ = false;
 };

@@ -26,6 +26,13 @@ public:
     }
     client_.append(data);
     while (!relay_ && !out.close && !out.startTls && !startTlsWaiting_) {
+      if (dataPending_ && !client_.empty()) {
+        // RFC 2920: DATA ends a pipelined group; anything before the 354 would be read by the
+        // backend as commands while postern took it for the message (a desynchronisation).
+        out.toClient += "554 5.5.1 Error: data or commands sent before the 354 reply\r\n";
+        out.close = true;
+        break;
+      }
       if (body_) {
         forwardBody(out);
         if (body_) {
@@ -55,7 +62,7 @@ public:
       return;
     }
     backend_.append(data);
-    while (!relay_ && !out.close) {
+    while (!relay_ && !out.close && !out.startTls) {
       auto line = backend_.nextLine();
       if (!line) {
         if (backend_.tooLong()) {
@@ -64,6 +71,10 @@ public:
         break;
       }
       reply_.emplace_back(*line);
+      if (reply_.size() > kMaxReplyLines) {
+        out.close = true; // an endless multi-line reply: nothing to wait for
+        break;
+      }
       // "250-..." continues a reply; "250 ..." or a bare "250" ends it.
       if (line->size() >= 4 && (*line)[3] == '-') {
         continue;
@@ -82,18 +93,7 @@ public:
   }
 
 private:
-  enum class Kind {
-    Greeting,
-    Ehlo,
-    Helo,
-    Auth,
-    Mail,
-    Data,
-    DataEnd,
-    StartTlsForwarded,
-    Other,
-    Local
-  };
+  enum class Kind { Greeting, Ehlo, Helo, Auth, Mail, Data, DataEnd, Other, Local };
   struct Pending {
     Kind kind;
     std::string reply; // Local: what postern answers, in its turn
@@ -102,6 +102,10 @@ private:
 
   // Answers in the client's order: after every reply still owed by the backend.
   void local(std::string text, Output& out, bool startTls = false) {
+    if (pending_.size() >= kMaxPending) {
+      tooManyPending(out);
+      return;
+    }
     if (pending_.empty()) {
       out.toClient += text;
       if (startTls) {
@@ -124,7 +128,7 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    auto [verb, arguments] = splitWord(chomp(line));
+    auto [verb, arguments] = splitCommand(chomp(line));
     if (equalsNoCase(verb, "STARTTLS")) {
       startTls(arguments, out);
       return;
@@ -176,8 +180,10 @@ private:
 
   void startTls(std::string_view arguments, Output& out) {
     if (policy_.listenerTls == config::TlsMode::None) {
-      // Not postern's to terminate: the backend may offer it end to end.
-      forward("STARTTLS\r\n", Kind::StartTlsForwarded, out);
+      // Not offered on a plaintext listener: TLS end to end would hide the dialogue from
+      // postern, and with it the XCLIENT/XFORWARD refusal a backend trusting postern relies on.
+      local("502 5.5.1 Error: STARTTLS is not offered here\r\n", out);
+      out.events.push_back({Event::StartTlsRefused});
       return;
     }
     if (tls_) {
@@ -198,26 +204,49 @@ private:
   }
 
   void forward(std::string_view line, Kind kind, Output& out) {
+    if (pending_.size() >= kMaxPending) {
+      tooManyPending(out);
+      return;
+    }
     out.toBackend += line;
     pending_.push_back({kind, {}, false});
+    if (kind == Kind::Data) {
+      dataPending_ = true;
+    }
+  }
+
+  void tooManyPending(Output& out) {
+    out.toClient += "421 4.7.0 Error: too many pipelined commands\r\n";
+    out.close = true;
   }
 
   // The body after 354 goes through untouched until the lone "." line (CRLF.CRLF).
+  // A bare LF is refused (SMTP smuggling): a backend that took "\n.\n" for the end of the
+  // message would read the rest as commands while postern still took it for the message.
   void forwardBody(Output& out) {
     static constexpr std::string_view kEnd = "\r\n.\r\n";
     std::string_view data = client_.pending();
     std::size_t i = 0;
     for (; i < data.size() && bodyMatch_ < kEnd.size(); ++i) {
-      if (data[i] == kEnd[bodyMatch_]) {
+      char c = data[i];
+      if (c == '\n' && !bodyCr_) {
+        out.toBackend += client_.takeRaw(i);
+        out.toClient += "554 5.5.2 Error: bare <LF> received\r\n";
+        out.close = true;
+        return;
+      }
+      bodyCr_ = c == '\r';
+      if (c == kEnd[bodyMatch_]) {
         ++bodyMatch_;
       } else {
-        bodyMatch_ = data[i] == '\r' ? 1 : 0;
+        bodyMatch_ = c == '\r' ? 1 : 0;
       }
     }
     out.toBackend += client_.takeRaw(i);
     if (bodyMatch_ == kEnd.size()) {
       body_ = false;
       bodyMatch_ = 0;
+      bodyCr_ = false;
     }
   }
 
@@ -253,10 +282,12 @@ private:
       break;
     case Kind::Data:
       appendReply(out);
+      dataPending_ = false;
       if (code == "354") {
         head.kind = Kind::DataEnd;
         body_ = true;
         bodyMatch_ = 2; // the DATA line's CRLF counts: a body of just "." ends at once
+        bodyCr_ = false;
         return;
       }
       pending_.pop_front();
@@ -268,26 +299,14 @@ private:
         out.events.push_back({Event::MailAccepted});
       }
       break;
-    case Kind::StartTlsForwarded:
-      appendReply(out);
-      pending_.pop_front();
-      if (code == "220") {
-        goRelay(out); // TLS between client and backend: nothing postern can read any more
-        return;
-      }
-      break;
     default:
       appendReply(out);
       pending_.pop_front();
       break;
     }
+    // SMTP is parsed for the whole session (message bodies pass untouched): a backend that
+    // trusts postern's address for XCLIENT must never see one a client wrote.
     flushLocal(out);
-    // Nothing left to rewrite once authenticated, or greeted over TLS (RFC 3207 §4.2), unless
-    // authentication stays forbidden on this listener.
-    if (pending_.empty() && !sasl_ && !body_ &&
-        (authenticated_ || (greetedAfterTls_ && policy_.allowAuth))) {
-      goRelay(out);
-    }
   }
 
   void flushLocal(Output& out) {
@@ -345,8 +364,12 @@ private:
 
   std::deque<Pending> pending_;
   std::vector<std::string> reply_;
+  static constexpr std::size_t kMaxPending = 1000;
+  static constexpr std::size_t kMaxReplyLines = 1000;
   bool sasl_ = false;
   bool body_ = false;
+  bool bodyCr_ = false;
+  bool dataPending_ = false;
   std::size_t bodyMatch_ = 0;
   bool needGreeting_ = false;
   bool greetedAfterTls_ = false;

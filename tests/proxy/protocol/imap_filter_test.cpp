@@ -100,6 +100,23 @@ TEST(ImapFilter, LiteralContentIsNeverParsed) {
   EXPECT_EQ(ok.events, std::vector<Event>{Event::Authenticated});
 }
 
+TEST(ImapFilter, ASynchronisingLiteralWaitsForTheServersGoAhead) {
+  Driver d(makeImapFilter(starttlsPolicy()));
+  d.backend(kGreeting);
+  EXPECT_EQ(d.client("a NOOP {60}\r\n").toBackend, "a NOOP {60}\r\n");
+  // The backend refuses instead of saying "+": what follows is a command again, and checked.
+  d.backend("a BAD no literals here\r\n");
+  auto login = d.client("b LOGIN alice secret\r\n");
+  EXPECT_TRUE(login.toBackend.empty());
+  EXPECT_EQ(login.events, std::vector<Event>{Event::AuthRefusedPlaintext});
+  // Literal bytes before the "+" are a protocol error.
+  Driver early(makeImapFilter(starttlsPolicy()));
+  early.backend(kGreeting);
+  auto out = early.client("a NOOP {5}\r\nhello\r\n");
+  EXPECT_EQ(out.toBackend, "a NOOP {5}\r\n");
+  EXPECT_TRUE(out.close);
+}
+
 TEST(ImapFilter, AuthenticateContinuationsAreData) {
   Policy policy;
   policy.listenerTls = config::TlsMode::Implicit;

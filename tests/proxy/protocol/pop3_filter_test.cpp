@@ -111,6 +111,19 @@ TEST(Pop3Filter, AllowAuthFalseRefusesEverything) {
   EXPECT_TRUE(out.toBackend.empty());
 }
 
+TEST(Pop3Filter, ForwardedStlsIsPairedWithItsOwnReply) {
+  Driver d = greeted(Policy{}); // a plaintext listener: the backend's STLS runs end to end
+  EXPECT_EQ(d.client("NOOP\r\nSTLS\r\n").toBackend, "NOOP\r\nSTLS\r\n");
+  EXPECT_FALSE(d.backend("+OK\r\n").relayOnly) << "that +OK answered the NOOP";
+  EXPECT_TRUE(d.backend("+OK Begin TLS\r\n").relayOnly);
+}
+
+TEST(Pop3Filter, VerbsAreTokenisedLikeTheServerDoes) {
+  Driver d = greeted(starttlsPolicy());
+  EXPECT_TRUE(d.client(" USER alice\r\n").toBackend.empty());
+  EXPECT_TRUE(d.client("PASS\tsecret\r\n").toBackend.empty());
+}
+
 TEST(Pop3Filter, SplitAnywhereGivesTheSameResult) {
   testing::expectSplitInvariant([] { return makePop3Filter(starttlsPolicy()); }, kGreeting,
                                 "CAPA\r\nUSER a\r\nNOOP\r\nSTLS x\r\nAPOP a b\r\nQUIT\r\n");

@@ -49,7 +49,7 @@ TEST(SmtpFilter, EhloAfterTlsKeepsAuthAndDropsStarttls) {
                             "250-AUTH PLAIN LOGIN\r\n"
                             "250-AUTH=PLAIN LOGIN\r\n"
                             "250 8BITMIME\r\n");
-  EXPECT_TRUE(reply.relayOnly) << "nothing is left to rewrite after the post-TLS EHLO";
+  EXPECT_FALSE(reply.relayOnly) << "SMTP stays parsed: XCLIENT must stay refused";
   EXPECT_EQ(d.client("AUTH PLAIN AGFsaWNlAHg=\r\n").toBackend, "AUTH PLAIN AGFsaWNlAHg=\r\n");
 }
 
@@ -171,8 +171,55 @@ TEST(SmtpFilter, SaslExchangeLinesAreData) {
   d.backend("334 UGFzc3dvcmQ6\r\n");
   d.client("c2VjcmV0\r\n");
   auto ok = d.backend("235 2.7.0 Authentication successful\r\n");
-  EXPECT_TRUE(ok.relayOnly);
   EXPECT_EQ(ok.events, std::vector<Event>{Event::Authenticated});
+  // Authenticated or not, a client never speaks XCLIENT to a backend that trusts postern.
+  auto spoof = d.client("XCLIENT ADDR=203.0.113.1 LOGIN=victim\r\n");
+  EXPECT_TRUE(spoof.toBackend.empty());
+  EXPECT_EQ(spoof.toClient, "550 5.7.1 Error: not permitted\r\n");
+}
+
+TEST(SmtpFilter, VerbsAreTokenisedLikeTheServerDoes) {
+  Driver d = greeted(starttlsPolicy());
+  for (const char* line : {" AUTH PLAIN AGFsaWNlAHg=\r\n", "\tAUTH PLAIN x\r\n",
+                           "MAIL\tFROM:<a@example.test>\r\n", "  mail from:<a@x>\r\n"}) {
+    auto out = d.client(line);
+    EXPECT_TRUE(out.toBackend.empty()) << line;
+    EXPECT_EQ(out.toClient, "530 5.7.0 Must issue a STARTTLS command first\r\n") << line;
+  }
+  EXPECT_TRUE(d.client("XCLIENT\tADDR=1.2.3.4\r\n").toBackend.empty());
+}
+
+TEST(SmtpFilter, NothingMayFollowDataBeforeThe354) {
+  Policy policy;
+  policy.allowAuth = false;
+  Driver d = greeted(policy);
+  auto out = d.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n");
+  EXPECT_EQ(out.toBackend, "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+  EXPECT_TRUE(out.close);
+  EXPECT_EQ(out.toClient, "554 5.5.1 Error: data or commands sent before the 354 reply\r\n");
+}
+
+TEST(SmtpFilter, BareLineFeedInABodyIsRefused) {
+  Policy policy;
+  policy.allowAuth = false;
+  Driver d = greeted(policy);
+  d.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+  d.backend("250 ok\r\n250 ok\r\n354 go\r\n");
+  // "\n.\n" would end the message for a lenient backend: SMTP smuggling.
+  auto out = d.client("Subject: x\r\n\r\nhi\n.\nXCLIENT ADDR=1.2.3.4\r\n");
+  EXPECT_TRUE(out.close);
+  EXPECT_EQ(out.toClient, "554 5.5.2 Error: bare <LF> received\r\n");
+  EXPECT_EQ(out.toBackend.find("XCLIENT"), std::string::npos);
+}
+
+TEST(SmtpFilter, PlaintextListenerDoesNotOfferStarttls) {
+  Policy policy;
+  Driver d = greeted(policy);
+  d.client("EHLO a\r\n");
+  EXPECT_EQ(d.backend(kEhloReply).toClient.find("STARTTLS"), std::string::npos);
+  auto out = d.client("STARTTLS\r\n");
+  EXPECT_EQ(out.toClient, "502 5.5.1 Error: STARTTLS is not offered here\r\n");
+  EXPECT_TRUE(out.toBackend.empty());
 }
 
 TEST(SmtpFilter, ClientMayNotSpeakForPostern) {
