@@ -123,6 +123,11 @@ Engine::State Engine::fail() {
   unsigned long code = ERR_peek_last_error();
   const char* reason = code != 0 ? ERR_reason_error_string(code) : nullptr;
   error_ = reason != nullptr ? reason : "connection failed";
+  // "certificate verify failed" alone does not say why; the verification result does.
+  long verify = SSL_get_verify_result(ssl_);
+  if (verify != X509_V_OK) {
+    error_ += std::string(": ") + X509_verify_cert_error_string(verify);
+  }
   ERR_clear_error();
   state_ = State::Failed;
   return state_;

@@ -69,6 +69,15 @@ class Pki:
         self._issue("client", "/CN=test client",
                     "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                     "extendedKeyUsage=clientAuth\n")
+        # A client certificate from the right CA that expired yesterday (-days -1).
+        self._key("expired", "ecdsa")
+        run("req", "-new", "-key", "expired.key", "-subj", "/CN=expired client", "-out",
+            "expired.csr", cwd=self.dir)
+        with open(self.path("expired.ext"), "w") as f:
+            f.write("extendedKeyUsage=clientAuth\n")
+        run("x509", "-req", "-in", "expired.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "-1", "-extfile", "expired.ext", "-out", "expired.pem",
+            cwd=self.dir)
         # A self-signed client certificate no configured CA vouches for.
         run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
             "-days", "2", "-subj", "/CN=stranger", "-keyout", "stranger.key", "-out",

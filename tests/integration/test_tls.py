@@ -287,12 +287,16 @@ class ClientCertificates(PosternCase):
         code, text = s_client(address, "-cert", pki.path("stranger.pem"), "-key",
                               pki.path("stranger.key"))
         self.assertNotIn("* OK", text, "a certificate the CA did not sign is refused")
+        code, text = s_client(address, "-cert", pki.path("expired.pem"), "-key",
+                              pki.path("expired.key"))
+        self.assertNotIn("* OK", text, "an expired certificate is refused")
         code, text = s_client(address, "-cert", pki.path("client.pem"), "-key",
                               pki.path("client.key"))
         self.assertEqual(code, 0, text)
         self.assertIn("* OK", text)
         self.assertTrue(harness.wait_until(
-            lambda: self.handshakes(postern, "imaps", "failed") == 2))
+            lambda: self.handshakes(postern, "imaps", "failed") == 3))
+        self.assertIn('error="certificate verify failed: certificate has expired"', postern.log())
         self.assert_clean_exit(postern)
 
 
