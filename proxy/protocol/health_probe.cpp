@@ -2,6 +2,8 @@
 // say goodbye (LOGOUT/QUIT, never a bare close that fills the server's logs).
 #include "proxy/protocol/health_probe.h"
 
+#include "proxy/protocol/registry.h"
+
 namespace protocol {
 
 HealthProbe::HealthProbe(config::Protocol protocol, std::string hostname, bool greeted)
@@ -59,10 +61,9 @@ HealthProbe::Result HealthProbe::line(std::string_view text) {
   goodbye.toBackend = protocol_ == config::Protocol::Imap ? "H2 LOGOUT\r\n" : "QUIT\r\n";
   switch (state_) {
   case State::Greeting: {
-    bool ok = (protocol_ == config::Protocol::Imap && startsWithNoCase(text, "* OK")) ||
-              (protocol_ == config::Protocol::Pop3 && text.starts_with("+OK")) ||
-              (protocol_ == config::Protocol::Smtp && text.starts_with("220"));
-    if (!ok) {
+    // PREAUTH is no health: a server that skips login is misconfigured for a proxy.
+    if (!greetingIsReady(protocol_, text) || startsWithNoCase(text, "* PREAUTH") ||
+        text.size() < 3) {
       return fail("unexpected greeting: " + std::string(text.substr(0, 80)));
     }
     if (protocol_ == config::Protocol::Smtp && text.size() > 3 && text[3] == '-') {

@@ -3,6 +3,7 @@
 
 #include "proxy/protocol/line_reader.h"
 
+#include <algorithm>
 #include <array>
 
 namespace protocol {
@@ -44,6 +45,22 @@ std::array<ProtocolInfo, 3>& table() {
 }
 
 } // namespace
+
+bool greetingIsReady(config::Protocol protocol, std::string_view text) {
+  auto starts = [&](std::string_view prefix) {
+    std::size_t n = std::min(prefix.size(), text.size());
+    return text.substr(0, n) == prefix.substr(0, n);
+  };
+  switch (protocol) {
+  case config::Protocol::Imap:
+    return starts("* OK") || starts("* PREAUTH");
+  case config::Protocol::Pop3:
+    return starts("+OK");
+  case config::Protocol::Smtp:
+    return starts("220");
+  }
+  return false;
+}
 
 const char* mechanismLabel(std::string_view name) {
   static constexpr const char* kKnown[] = {

@@ -32,4 +32,8 @@ void initialiseRegistry(std::string_view hostname);
 const std::string& hostname();
 const ProtocolInfo& info(config::Protocol protocol);
 
+// Whether a backend's first bytes start like its protocol's ready greeting (`* OK`/`* PREAUTH`,
+// `+OK`, `220`); a prefix of one counts, since a greeting may arrive in pieces.
+bool greetingIsReady(config::Protocol protocol, std::string_view firstBytes);
+
 } // namespace protocol

@@ -270,15 +270,7 @@ void Session::onBackendConnected(int status) {
   }
   switch (listener_.pool->config().tls) {
   case config::TlsMode::Implicit: {
-    SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
-    if (ssl == nullptr) {
-      backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
-      return;
-    }
-    auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
-    backend_ = stream;
-    backendTls_ = &stream->engine();
-    stream->begin();
+    startBackendTls();
     return;
   }
   case config::TlsMode::StartTls:
@@ -293,6 +285,19 @@ void Session::onBackendConnected(int status) {
     }
     return;
   }
+}
+
+// TLS towards the backend, on connect (implicit) or after its STARTTLS go-ahead.
+void Session::startBackendTls() {
+  SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
+  if (ssl == nullptr) {
+    backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
+    return;
+  }
+  auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
+  backend_ = stream;
+  backendTls_ = &stream->engine();
+  stream->begin();
 }
 
 void Session::onBackendSecured() {
@@ -328,7 +333,8 @@ void Session::onBackendRead(std::span<const char> data) {
       xclientStep(xclient_->fromBackend(data));
       return;
     }
-    if (!greetingLooksReady(data)) {
+    if (!protocol::greetingIsReady(listener_.config.protocol,
+                                   std::string_view(data.data(), data.size()))) {
       // SPEC §7: a server that greets with a refusal is a failed server; another may serve.
       std::string_view text(data.data(), std::min<std::size_t>(data.size(), 80));
       backendFailed(metrics::BackendError::Greeting, std::string(text.substr(0, text.find('\r'))));
@@ -339,23 +345,6 @@ void Session::onBackendRead(std::span<const char> data) {
     }
   }
   relayFromBackend(data);
-}
-
-bool Session::greetingLooksReady(std::span<const char> data) const {
-  std::string_view text(data.data(), data.size());
-  auto starts = [&](std::string_view prefix) {
-    std::size_t n = std::min(prefix.size(), text.size());
-    return text.substr(0, n) == prefix.substr(0, n);
-  };
-  switch (listener_.config.protocol) {
-  case config::Protocol::Imap:
-    return starts("* OK") || starts("* PREAUTH");
-  case config::Protocol::Pop3:
-    return starts("+OK");
-  case config::Protocol::Smtp:
-    return starts("220");
-  }
-  return false;
 }
 
 bool Session::becomeReady() {
@@ -458,15 +447,7 @@ void Session::upgradeBackend(std::span<const char> data) {
     }
     return;
   case Step::StartTls: {
-    SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
-    if (ssl == nullptr) {
-      backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
-      return;
-    }
-    auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
-    backend_ = stream;
-    backendTls_ = &stream->engine();
-    stream->begin();
+    startBackendTls();
     return;
   }
   case Step::Failed:

@@ -120,8 +120,7 @@ private:
   // The backend greeted (or finished its STARTTLS): the session relays from now on. False when
   // the session ended meanwhile.
   bool becomeReady();
-  // Whether the backend's first bytes start like its protocol's ready greeting.
-  bool greetingLooksReady(std::span<const char> data) const;
+  void startBackendTls();
   void relayFromBackend(std::span<const char> data);
   // One step of backend-side STARTTLS.
   void upgradeBackend(std::span<const char> data);

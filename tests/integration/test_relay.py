@@ -333,6 +333,23 @@ class BackendFailures(PosternCase):
         self.assertTrue(self.wait_closed(postern, "pop3", 1))
         self.assertEqual(postern.metric("postern_backend_errors_total", reason="timeout"), 1)
 
+    def test_a_refusing_greeting_is_a_failed_backend(self):
+        busy = fakes.FakeBackend(fakes.scripted(b"* BYE [UNAVAILABLE] too busy\r\n", []))
+        self.addCleanup(busy.stop)
+        text = ('[metrics]\nlisten = "127.0.0.1:0"\n[[listener]]\nname = "imap"\n'
+                'protocol = "imap"\nlisten = "127.0.0.1:0"\nbackend = "pool"\n'
+                f'[[backend]]\nname = "pool"\nservers = ["127.0.0.1:{busy.port}", '
+                f'"127.0.0.1:{servers.imap_port}"]\nretries = 1\n')
+        postern = self.start_postern(text)
+        for _ in range(2):
+            # Whichever server round robin tries first, the client meets Dovecot.
+            with imaplib.IMAP4(*postern.address("imap")) as imap:
+                self.assertIn(b"Dovecot", imap.welcome)
+                imap.logout()
+        self.assertGreaterEqual(postern.metric("postern_backend_errors_total",
+                                               server=f"127.0.0.1:{busy.port}",
+                                               reason="greeting"), 1)
+
     def test_backend_dying_mid_session_ends_only_that_session(self):
         fake = fakes.FakeBackend(fakes.greet_then_die)
         self.addCleanup(fake.stop)

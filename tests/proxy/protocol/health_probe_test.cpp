@@ -1,5 +1,6 @@
 // The health probe: greeting, capabilities, goodbye, in each protocol; and what fails it.
 #include "proxy/protocol/health_probe.h"
+#include "proxy/protocol/registry.h"
 
 #include <gtest/gtest.h>
 
@@ -52,6 +53,24 @@ TEST(HealthProbe, Failures) {
   EXPECT_EQ(feed(ehlo, "502 no EHLO\r\n").step, Step::Failed);
   HealthProbe noisy(config::Protocol::Imap, "p", false);
   EXPECT_EQ(feed(noisy, std::string(9000, 'x')).step, Step::Failed);
+}
+
+} // namespace
+} // namespace protocol
+
+namespace protocol {
+namespace {
+
+TEST(GreetingIsReady, AcceptsReadyGreetingsAndTheirPrefixes) {
+  EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* OK ready\r\n"));
+  EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* PREAUTH hi\r\n"));
+  EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* "));
+  EXPECT_FALSE(greetingIsReady(config::Protocol::Imap, "* BYE too busy\r\n"));
+  EXPECT_TRUE(greetingIsReady(config::Protocol::Pop3, "+OK\r\n"));
+  EXPECT_FALSE(greetingIsReady(config::Protocol::Pop3, "-ERR [SYS/TEMP] busy\r\n"));
+  EXPECT_TRUE(greetingIsReady(config::Protocol::Smtp, "220 mx ESMTP\r\n"));
+  EXPECT_FALSE(greetingIsReady(config::Protocol::Smtp, "421 4.3.2 busy\r\n"));
+  EXPECT_FALSE(greetingIsReady(config::Protocol::Smtp, "554 go away\r\n"));
 }
 
 } // namespace
