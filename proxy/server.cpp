@@ -23,6 +23,21 @@ std::shared_ptr<session::ClientLimits> Shared::limitsFor(const config::Listener&
   return limits;
 }
 
+std::shared_ptr<session::AuthThrottle> Shared::throttleFor(const config::Listener& listener) {
+  std::lock_guard lock(mutex);
+  const config::Limits& l = listener.limits;
+  std::string key = listener.name + "/" + std::to_string(l.auth_failures_before_delay) + "/" +
+                    std::to_string(l.auth_failure_window.count()) + "/" +
+                    std::to_string(l.auth_max_delay.count()) + "/" +
+                    std::to_string(l.auth_failures_before_block) + "/" +
+                    std::to_string(l.auth_block.count());
+  auto& throttle = authThrottles[key];
+  if (throttle == nullptr) {
+    throttle = std::make_shared<session::AuthThrottle>(l);
+  }
+  return throttle;
+}
+
 Server::Server(const config::Config& config, metrics::Registry& registry, Shared& shared,
                int worker)
     : config_(config), registry_(registry), shared_(shared), worker_(worker) {
@@ -67,6 +82,9 @@ Server::makeContext(const config::Listener& listener,
   context->pool = pools.at(listener.backend);
   context->tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
   context->clientLimits = shared_.limitsFor(listener);
+  if (listener.mode == config::Mode::Login) {
+    context->authThrottle = shared_.throttleFor(listener);
+  }
   context->port = port;
   // The same labels give the same series: counts go on across reloads.
   context->metrics = registry_.listener(listener.name, context->protocol->name, port,

@@ -30,8 +30,11 @@ struct Shared {
   std::atomic<std::size_t> sessions{0};
   std::mutex mutex;
   std::map<std::string, std::shared_ptr<session::ClientLimits>> clientLimits;
+  std::map<std::string, std::shared_ptr<session::AuthThrottle>> authThrottles;
 
   std::shared_ptr<session::ClientLimits> limitsFor(const config::Listener& listener);
+  // Login-mode failure counts of a listener, shared by the workers and kept across reloads.
+  std::shared_ptr<session::AuthThrottle> throttleFor(const config::Listener& listener);
 };
 
 class Server final : private session::SessionOwner, private net::TimerHandler {

@@ -4,6 +4,7 @@
 
 #include "proxy/log.h"
 #include "proxy/net/tcp_stream.h"
+#include "proxy/protocol/login/login.h"
 
 #include <arpa/inet.h>
 
@@ -200,6 +201,16 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
   ++chosen.active;
   chosen.metrics.activeChange(+1);
   return &chosen;
+}
+
+std::vector<std::string> Pool::commonCapabilities() const {
+  std::vector<std::vector<std::string>> lists;
+  for (const auto& server : servers_) {
+    if (server->up && !server->vanished && !server->capabilities.empty()) {
+      lists.push_back(server->capabilities);
+    }
+  }
+  return protocol::commonCapabilities(lists);
 }
 
 void Pool::report(Server& server, bool ok, bool active, const std::string& reason) {

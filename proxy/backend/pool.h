@@ -53,6 +53,9 @@ public:
   Server* pick(const std::vector<const Server*>& tried, std::string_view key);
   void release(Server& server);
 
+  // Login mode: the capabilities every healthy server reported to its last health check.
+  std::vector<std::string> commonCapabilities() const;
+
   // A check's verdict: `active` for health checks, false for real sessions (passive). Flips the
   // server after `fall` failures or `rise` successes in a row.
   void report(Server& server, bool ok, bool active, const std::string& reason);

@@ -71,5 +71,7 @@ public:
 std::unique_ptr<Filter> makeImapFilter(const Policy& policy);
 std::unique_ptr<Filter> makePop3Filter(const Policy& policy);
 std::unique_ptr<Filter> makeSmtpFilter(const Policy& policy);
+// SMTP after login mode authenticated the session: still parsed (XCLIENT/XFORWARD refused).
+std::unique_ptr<Filter> makeSmtpFilterAfterLogin(const Policy& policy);
 
 } // namespace protocol

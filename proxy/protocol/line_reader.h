@@ -61,6 +61,13 @@ public:
     return rest;
   }
 
+  // Zeroes what was consumed already (a line that carried a password), before compact() frees it.
+  void wipeConsumed() {
+    for (std::size_t i = 0; i < start_; ++i) {
+      static_cast<volatile char&>(buffer_[i]) = 0;
+    }
+  }
+
   // Gives memory back once everything is consumed (an idle session holds nothing).
   void compact() {
     if (start_ == buffer_.size()) {

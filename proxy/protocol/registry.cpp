@@ -22,16 +22,17 @@ std::string& hostnameStorage() {
 std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
-      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend,
+      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend, makePop3Login, makePop3Replay,
        "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
        "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
        "-ERR [SYS/TEMP] Server shutting down\r\n", "-ERR Timed out waiting for authentication\r\n"},
-      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend,
+      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend, makeImapLogin, makeImapReplay,
        "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
        "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
        "* BYE [UNAVAILABLE] Server shutting down\r\n",
        "* BYE Autologout; timed out waiting for authentication\r\n"},
-      {config::Protocol::Smtp, "smtp", makeSmtpFilter, makeSmtpBackendStartTls,
+      {config::Protocol::Smtp, "smtp", makeSmtpFilter, makeSmtpBackendStartTls, makeSmtpLogin,
+       makeSmtpReplay,
        "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
        "421 4.7.0 " + host + " Too many connections, try again later\r\n",
        "421 4.3.2 " + host + " Server shutting down, closing channel\r\n",

@@ -4,6 +4,7 @@
 #include "config/model.h"
 #include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
+#include "proxy/protocol/login/login.h"
 
 #include <memory>
 #include <string>
@@ -16,6 +17,9 @@ struct ProtocolInfo {
   const char* name;
   std::unique_ptr<Filter> (*makeFilter)(const Policy& policy);
   std::unique_ptr<BackendStartTls> (*makeBackendStartTls)(std::string_view hostname);
+  // Login mode: postern's side of the dialogue, and the replay at the chosen server.
+  std::unique_ptr<LoginDialogue> (*makeLogin)(const Policy& policy, BackendOffer offer);
+  std::unique_ptr<LoginReplay> (*makeReplay)(Credentials credentials, ReplayContext context);
   // Said to a client when no backend server can be reached (SPEC §7).
   std::string unavailable;
   // Said to a client refused by a connection limit (SPEC §8).

@@ -7,6 +7,8 @@
 #include "proxy/protocol/proxy_header.h"
 #include "tls/engine.h"
 
+#include <cstring>
+
 namespace session {
 
 Session::Session(SessionOwner& owner, std::shared_ptr<ListenerContext> listener, uv_loop_t* loop)
@@ -82,10 +84,22 @@ void Session::begin() {
     return;
   }
   limitKey_ = std::move(address);
+  if (loginMode()) {
+    // SPEC §8: failures count per address, and an IPv6 client per /64 (one host's range).
+    sockaddr_storage network = clientPeer_;
+    if (network.ss_family == AF_INET6) {
+      auto* v6 = reinterpret_cast<sockaddr_in6*>(&network);
+      std::memset(&v6->sin6_addr.s6_addr[8], 0, 8);
+    }
+    std::string text = net::formatAddress(network);
+    throttleAddress_ = text.substr(0, text.rfind(':'));
+  }
   accepted_ = true;
   listener_.metrics.accepted();
   if (listener_.config.tls == config::TlsMode::Implicit) {
     startTls(clientTcp_);
+  } else if (loginMode()) {
+    startLogin();
   } else {
     phase_ = Phase::Connecting;
     connectBackend();
@@ -159,6 +173,10 @@ void Session::onClientSecured() {
       filter_->tlsStarted(output_);
       apply(output_);
     }
+    if (login_ != nullptr) {
+      login_->tlsStarted(loginOutput_);
+      applyLogin();
+    }
     return;
   }
   if (phase_ != Phase::Handshaking) {
@@ -171,6 +189,10 @@ void Session::onClientSecured() {
       tlsVersion_, static_cast<double>(timer_->now() - startedAt_) / 1000.0, clientTls_->resumed());
   if (listener_.config.protocol == config::Protocol::Smtp) {
     preauthDone_ = true;
+  }
+  if (loginMode()) {
+    startLogin();
+    return;
   }
   // The client has nothing to say before the backend's greeting; it waits in the kernel.
   client_->pauseReading();
@@ -190,6 +212,8 @@ void Session::connectBackend() {
   std::string key;
   if (listener_.pool->config().balance == config::Balance::SourceHash) {
     key = clientAddress_.substr(0, clientAddress_.rfind(':'));
+  } else if (listener_.pool->config().balance == config::Balance::UserHash) {
+    key = throttleUser(); // the user name, case folded
   }
   server_ = listener_.pool->pick(tried_, key);
   if (server_ == nullptr) {
@@ -220,6 +244,7 @@ void Session::releaseBackend() {
   backendTls_ = nullptr;
   backendUpgrade_.reset();
   xclient_.reset();
+  replay_.reset();
   if (server_ != nullptr) {
     listener_.pool->release(*server_);
     server_ = nullptr;
@@ -318,6 +343,10 @@ void Session::onBackendSecured() {
     xclientStep(xclient_->start());
     return;
   }
+  if (loginMode()) {
+    startReplay(true);
+    return;
+  }
   if (becomeReady()) {
     relayFromBackend(greeting);
   }
@@ -331,6 +360,17 @@ void Session::onBackendRead(std::span<const char> data) {
     }
     if (xclient_ != nullptr) {
       xclientStep(xclient_->fromBackend(data));
+      return;
+    }
+    if (replay_ != nullptr) {
+      replayStep(replay_->fromBackend(data));
+      return;
+    }
+    if (loginMode()) {
+      startReplay(false);
+      if (replay_ != nullptr) {
+        replayStep(replay_->fromBackend(data));
+      }
       return;
     }
     if (!protocol::greetingIsReady(listener_.config.protocol,
@@ -423,6 +463,10 @@ void Session::xclientStep(const protocol::BackendStartTls::Result& result) {
     }
     std::string greeting = xclient_->greetingForClient();
     xclient_.reset();
+    if (loginMode()) {
+      startReplay(true);
+      return;
+    }
     if (becomeReady()) {
       relayFromBackend(greeting);
     }
@@ -469,6 +513,13 @@ void Session::onClientRead(std::span<const char> data) {
     readProxyHeader(data);
     return;
   }
+  if (login_ != nullptr && phase_ != Phase::Closed) {
+    // postern's own dialogue; while a login is replayed the bytes wait in the dialogue.
+    lastActivity_ = timer_->now();
+    login_->fromClient(data, loginOutput_);
+    applyLogin();
+    return;
+  }
   if (phase_ != Phase::Relaying) {
     return;
   }
@@ -489,8 +540,8 @@ void Session::onClientRead(std::span<const char> data) {
   }
 }
 
-void Session::apply(protocol::Output& out) {
-  for (const protocol::EventRecord& record : out.events) {
+void Session::countEvents(const std::vector<protocol::EventRecord>& events) {
+  for (const protocol::EventRecord& record : events) {
     switch (record.event) {
     case protocol::Event::StartTlsRefused:
       listener_.metrics.startTls(metrics::StartTlsSide::Client, metrics::StartTlsResult::Refused);
@@ -512,6 +563,10 @@ void Session::apply(protocol::Output& out) {
       break;
     }
   }
+}
+
+void Session::apply(protocol::Output& out) {
+  countEvents(out.events);
   bool startTls = out.startTls;
   bool closeNow = out.close;
   bool relayOnly = out.relayOnly;
@@ -566,6 +621,10 @@ void Session::upgradeClient() {
 }
 
 void Session::onClientDrained() {
+  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+    client_->startReading();
+    return;
+  }
   if (phase_ == Phase::Relaying && !backendEnded_ && backend_ != nullptr) {
     backend_->startReading();
   }
@@ -682,8 +741,17 @@ void Session::onTimer() {
     handshakeFailed("timeout");
     return;
   case Phase::Connecting:
-    backendFailed(metrics::BackendError::Timeout, "no greeting within connect_timeout");
+    backendFailed(metrics::BackendError::Timeout, replay_ != nullptr
+                                                      ? "no verdict within the login timeout"
+                                                      : "no greeting within connect_timeout");
     return;
+  case Phase::Login:
+    if (delaying_) {
+      delaying_ = false;
+      routeLogin();
+      return;
+    }
+    break;
   case Phase::Relaying:
     break;
   case Phase::Closed:
@@ -730,7 +798,8 @@ void Session::preauthOver() {
 void Session::shutdown() {
   // SPEC §9: the protocol's goodbye where postern still holds the dialogue (before the backend
   // greeted, or while the session is still parsed); after that it would land mid-stream.
-  bool parsed = phase_ == Phase::Connecting || (phase_ == Phase::Relaying && filter_ != nullptr);
+  bool parsed = phase_ == Phase::Connecting || phase_ == Phase::Login ||
+                (phase_ == Phase::Relaying && filter_ != nullptr);
   if (parsed && client_ != nullptr && !clientUpgrading_) {
     client_->write(listener_.protocol->shuttingDown);
   }
@@ -758,6 +827,8 @@ void Session::close(metrics::CloseReason reason) {
     return;
   }
   listener_.metrics.closed(reason, seconds);
+  login_.reset();
+  credentials_.reset(); // wiped
   if (!limitKey_.empty()) {
     listener_.clientLimits->leave(limitKey_, now);
   }
@@ -766,7 +837,7 @@ void Session::close(metrics::CloseReason reason) {
                    {"client", clientAddress_},
                    {"tls_version", tlsVersion_},
                    {"tls_cipher", tlsCipher_},
-                   {"user", ""},
+                   {"user", user_},
                    {"backend", backendAddress},
                    {"bytes_in", std::to_string(bytesIn_)},
                    {"bytes_out", std::to_string(bytesOut_)},
@@ -782,6 +853,223 @@ void Session::close(metrics::CloseReason reason) {
   timer_->close();
   timer_ = nullptr;
   owner_.onSessionClosed(*this);
+}
+
+// ---- login mode ----------------------------------------------------------------------------
+
+void Session::startLogin() {
+  phase_ = Phase::Login;
+  protocol::Policy policy;
+  policy.listenerTls = listener_.config.tls;
+  policy.requireTls = listener_.config.require_tls;
+  policy.allowAuth = listener_.config.allow_auth;
+  policy.maxLineLength = listener_.config.limits.max_line_length;
+  policy.hostname = protocol::hostname();
+  filter_.reset();
+  login_ = listener_.protocol->makeLogin(policy, {listener_.pool->commonCapabilities()});
+  login_->greet(loginOutput_);
+  applyLogin();
+  if (phase_ != Phase::Login) {
+    return;
+  }
+  armTimer();
+  if (client_->startReading() != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  if (!earlyClient_.empty()) {
+    std::string early;
+    early.swap(earlyClient_);
+    onClientRead(early);
+  }
+}
+
+void Session::applyLogin() {
+  protocol::LoginOutput& out = loginOutput_;
+  countEvents(out.events);
+  int clientStatus = out.toClient.empty() ? 0 : client_->write(out.toClient);
+  bool closeNow = out.close;
+  bool quit = out.quit;
+  bool startTls = out.startTls;
+  std::optional<protocol::Credentials> credentials = std::move(out.credentials);
+  std::string helo = std::move(out.clientHelo);
+  out.reset();
+  if (closeNow) {
+    close(metrics::CloseReason::ProtocolError);
+    return;
+  }
+  if (quit || clientStatus != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  if (startTls) {
+    upgradeClient();
+    return;
+  }
+  if (credentials) {
+    credentialsCaptured(std::move(*credentials), std::move(helo));
+    return;
+  }
+  if (client_->pendingBytes() > net::ByteStream::kHighWater) {
+    client_->pauseReading(); // a client that sends and never reads its replies
+  }
+}
+
+std::string Session::throttleUser() const {
+  std::string user = user_;
+  for (char& c : user) {
+    c = protocol::lowerAscii(c);
+  }
+  return user;
+}
+
+void Session::credentialsCaptured(protocol::Credentials credentials, std::string helo) {
+  user_ = credentials.user;
+  authMechanism_ = credentials.mechanism;
+  clientHelo_ = std::move(helo);
+  AuthThrottle::Decision decision =
+      listener_.authThrottle->check(throttleAddress_, throttleUser(), timer_->now());
+  if (decision.blocked) {
+    listener_.metrics.auth(authMechanism_, metrics::AuthResult::Throttled);
+    logging::warn("authentication throttled", {{"listener", listener_.config.name},
+                                               {"client", clientAddress_},
+                                               {"user", user_}});
+    login_->throttled(loginOutput_);
+    applyLogin();
+    return;
+  }
+  credentials_ = std::move(credentials);
+  client_->pauseReading();
+  if (decision.delay.count() > 0) {
+    logging::info("authentication delayed", {{"listener", listener_.config.name},
+                                             {"client", clientAddress_},
+                                             {"user", user_},
+                                             {"delay_ms", std::to_string(decision.delay.count())}});
+    delaying_ = true;
+    timer_->start(decision.delay);
+    return;
+  }
+  routeLogin();
+}
+
+void Session::routeLogin() {
+  phase_ = Phase::Connecting;
+  tried_.clear();
+  connectBackend();
+}
+
+void Session::startReplay(bool greeted) {
+  protocol::ReplayContext context;
+  std::string peer = net::formatAddress(clientPeer_);
+  std::size_t colon = peer.rfind(':');
+  context.clientIp = peer.substr(0, colon);
+  if (context.clientIp.starts_with('[')) {
+    context.clientIp = context.clientIp.substr(1, context.clientIp.size() - 2);
+  }
+  context.clientPort = static_cast<unsigned>(std::stoul(peer.substr(colon + 1)));
+  context.serverHost = server_->host;
+  context.serverPort = static_cast<unsigned>(std::stoul(
+      server_->addressText.substr(server_->addressText.rfind(':') + 1)));
+  context.hostname = protocol::hostname();
+  context.clientHelo = clientHelo_;
+  context.greeted = greeted;
+  protocol::Credentials copy;
+  copy.kind = credentials_->kind;
+  copy.mechanism = credentials_->mechanism;
+  copy.user = credentials_->user;
+  copy.authzid = credentials_->authzid;
+  copy.secret = credentials_->secret;
+  copy.tag = credentials_->tag;
+  replay_ = listener_.protocol->makeReplay(std::move(copy), std::move(context));
+  // The server may take its time to check a password (and delays failures on purpose).
+  timer_->start(std::max<std::chrono::milliseconds>(listener_.pool->config().connect_timeout,
+                                                     std::chrono::seconds(30)));
+  if (greeted) {
+    replayStep(replay_->start());
+  }
+}
+
+void Session::replayStep(protocol::LoginReplay::Result result) {
+  using Step = protocol::LoginReplay::Step;
+  switch (result.step) {
+  case Step::NeedMore:
+    return;
+  case Step::Send: {
+    int status = backend_->write(result.toBackend);
+    protocol::wipe(result.toBackend);
+    if (status != 0) {
+      backendFailed(metrics::BackendError::Closed, "write failed");
+    }
+    return;
+  }
+  case Step::Failed:
+    backendFailed(metrics::BackendError::Greeting, result.reason);
+    return;
+  case Step::Accepted:
+    loginAccepted(std::move(result.toClient));
+    return;
+  case Step::Rejected:
+    loginRejected(std::move(result.toClient));
+    return;
+  }
+}
+
+void Session::loginAccepted(std::string verdict) {
+  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Ok);
+  listener_.authThrottle->succeeded(throttleAddress_, throttleUser());
+  credentials_.reset();
+  replay_.reset();
+  std::string rest = login_->acceptedRest();
+  login_.reset();
+  // The server's verdict, byte for byte.
+  bytesOut_ += verdict.size();
+  listener_.metrics.bytesToClient(verdict.size());
+  if (client_->write(verdict) != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  if (listener_.config.protocol == config::Protocol::Smtp) {
+    // SMTP stays parsed after authentication, as in passthrough: XCLIENT/XFORWARD from a
+    // client must never reach a server that trusts postern.
+    protocol::Policy policy;
+    policy.listenerTls =
+        clientTls_ != nullptr ? config::TlsMode::Implicit : listener_.config.tls;
+    policy.requireTls = listener_.config.require_tls;
+    policy.allowAuth = listener_.config.allow_auth;
+    policy.maxLineLength = listener_.config.limits.max_line_length;
+    filter_ = protocol::makeSmtpFilterAfterLogin(policy);
+  }
+  if (!becomeReady()) {
+    return;
+  }
+  preauthOver();
+  if (!rest.empty() && phase_ == Phase::Relaying) {
+    onClientRead(rest);
+  }
+}
+
+void Session::loginRejected(std::string verdict) {
+  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed);
+  listener_.authThrottle->failed(throttleAddress_, throttleUser(), timer_->now());
+  logging::info("authentication failed", {{"listener", listener_.config.name},
+                                          {"client", clientAddress_},
+                                          {"user", user_},
+                                          {"server", server_ != nullptr ? server_->name : "-"}});
+  credentials_.reset();
+  // The server keeps nothing of a failed login; a retry is routed afresh (the user may change).
+  releaseBackend();
+  tried_.clear();
+  phase_ = Phase::Login;
+  if (client_->write(verdict) != 0) {
+    close(metrics::CloseReason::ClientClosed);
+    return;
+  }
+  armTimer();
+  login_->rejected(loginOutput_);
+  applyLogin();
+  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+    client_->startReading();
+  }
 }
 
 } // namespace session

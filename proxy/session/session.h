@@ -10,12 +10,14 @@
 #include "proxy/net/timer.h"
 #include "proxy/protocol/filter.h"
 #include "proxy/protocol/registry.h"
+#include "proxy/session/auth_throttle.h"
 #include "proxy/session/client_limits.h"
 #include "tls/context.h"
 #include "tls/engine.h"
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,8 @@ struct ListenerContext {
   std::shared_ptr<tls::ServerContext>* tls = nullptr;
   // per_ip_max_connections and per_ip_connect_rate of this listener, shared by the workers.
   std::shared_ptr<ClientLimits> clientLimits;
+  // Login mode: authentication failures per client address (shared by the workers).
+  std::shared_ptr<AuthThrottle> authThrottle;
 };
 
 class Session;
@@ -49,7 +53,9 @@ protected:
 
 class Session final : private net::TimerHandler {
 public:
-  enum class Phase { ProxyHeader, Handshaking, Connecting, Relaying, Closed };
+  // Login mode adds Login: postern holds the dialogue with no backend; Connecting then covers
+  // the backend's connect, TLS, XCLIENT and the replayed authentication.
+  enum class Phase { ProxyHeader, Handshaking, Login, Connecting, Relaying, Closed };
 
   // The session keeps the listener's context (and so its pool) it started with, whatever a
   // reload changes afterwards.
@@ -131,6 +137,21 @@ private:
   // STARTTLS go-ahead given: the client's TCP stream continues as TLS.
   void upgradeClient();
   void finishIfBothEnded(metrics::CloseReason reason);
+  // Counts what a protocol dialogue reports.
+  void countEvents(const std::vector<protocol::EventRecord>& events);
+
+  // Login mode (SPEC §5): postern greets and reads credentials, then routes by user.
+  bool loginMode() const { return listener_.config.mode == config::Mode::Login; }
+  void startLogin();
+  void applyLogin();
+  void credentialsCaptured(protocol::Credentials credentials, std::string helo);
+  void routeLogin();
+  // The backend greeted (or finished STARTTLS/XCLIENT): replay the credentials there.
+  void startReplay(bool greeted);
+  void replayStep(protocol::LoginReplay::Result result);
+  void loginAccepted(std::string verdict);
+  void loginRejected(std::string verdict);
+  std::string throttleUser() const;
 
   SessionOwner& owner_;
   std::shared_ptr<ListenerContext> listenerRef_;
@@ -176,6 +197,16 @@ private:
   bool preauthDone_ = false;
   std::string tlsVersion_;
   std::string tlsCipher_;
+  // Login mode.
+  std::unique_ptr<protocol::LoginDialogue> login_;
+  protocol::LoginOutput loginOutput_;
+  std::unique_ptr<protocol::LoginReplay> replay_;
+  std::optional<protocol::Credentials> credentials_; // until the verdict (retries need them)
+  std::string clientHelo_;
+  std::string user_;              // for the access log and user_hash
+  std::string throttleAddress_;   // the client address the throttle counts (IPv6: its /64)
+  const char* authMechanism_ = "none";
+  bool delaying_ = false;         // a throttled attempt waits on the timer
 };
 
 } // namespace session

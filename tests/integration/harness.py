@@ -86,13 +86,19 @@ MESSAGES = [
 class MailServers:
     """One Dovecot (IMAP + POP3, plaintext) and one Postfix (SMTP) on 127.0.0.1 high ports."""
 
-    def __init__(self, host="127.0.0.1", ports=None, pki=None):
+    def __init__(self, host="127.0.0.1", ports=None, pki=None, mechanisms="plain login",
+                 dovecot_extra="", users=()):
         """`ports` pins imap/pop3/smtp/submission ports (the quickstart does); else free ones.
         With `pki` the servers insist on TLS: Dovecot has ssl = required and implicit-TLS
         imaps/pop3s ports, Postfix an smtps (wrapper mode) port, all with the backend
         certificate."""
         ports = ports or {}
         self.host = host
+        # Login-mode tests: the SASL mechanisms Dovecot offers (and Postfix through it), extra
+        # dovecot.conf lines, and more users (name, password) beside alice.
+        self.mechanisms = mechanisms
+        self.dovecot_extra = dovecot_extra
+        self.users = [(USER, PASSWORD)] + list(users)
         self.pki = pki
         self.imaps_port = free_port(host) if pki else 0
         self.pop3s_port = free_port(host) if pki else 0
@@ -122,6 +128,9 @@ class MailServers:
                     f"Subject: {subject}\r\nMessage-ID: <seed{index}@{DOMAIN}>\r\n\r\n{body}")
             with open(os.path.join(self.maildir, "cur", name), "w", newline="") as f:
                 f.write(text)
+        for name, _ in self.users[1:]:
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(self.run, "mail", name, "Maildir", sub), exist_ok=True)
         for dirpath, dirnames, filenames in os.walk(os.path.join(self.run, "mail")):
             os.chown(dirpath, MAIL_UID, MAIL_UID)
             for name in filenames:
@@ -141,7 +150,8 @@ class MailServers:
         conf = os.path.join(self.run, "dovecot.conf")
         passwd = os.path.join(self.run, "passwd")
         with open(passwd, "w") as f:
-            f.write(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
+            for name, password in self.users:
+                f.write(f"{name}:{{PLAIN}}{password}::::::\n")
         self.dovecot_log = os.path.join(self.run, "dovecot.log")
         with open(conf, "w") as f:
             f.write(f"""
@@ -153,8 +163,9 @@ instance_name = postern-test-{os.path.basename(self.run)}
 log_path = {self.dovecot_log}
 info_log_path = {self.dovecot_log}
 {self._dovecot_ssl()}
-auth_mechanisms = plain login
+auth_mechanisms = {self.mechanisms}
 auth_verbose = yes
+{self.dovecot_extra}
 mail_location = maildir:~/Maildir
 first_valid_uid = {MAIL_UID}
 mail_max_userip_connections = 1000

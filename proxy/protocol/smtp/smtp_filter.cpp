@@ -12,8 +12,13 @@ namespace {
 
 class SmtpFilter final : public LineFilter {
 public:
-  explicit SmtpFilter(const Policy& policy) : LineFilter(policy) {
-    pending_.push_back({Kind::Greeting, {}, false});
+  // `loggedIn`: login mode handed over an authenticated session; no greeting is to come.
+  SmtpFilter(const Policy& policy, bool loggedIn) : LineFilter(policy) {
+    if (!loggedIn) {
+      pending_.push_back({Kind::Greeting, {}, false});
+    }
+    authenticated_ = loggedIn;
+    greetedAfterTls_ = loggedIn;
   }
 
   void fromClient(std::span<const char> data, Output& out) override {
@@ -379,8 +384,12 @@ private:
 
 } // namespace
 
+std::unique_ptr<Filter> makeSmtpFilterAfterLogin(const Policy& policy) {
+  return std::make_unique<SmtpFilter>(policy, true);
+}
+
 std::unique_ptr<Filter> makeSmtpFilter(const Policy& policy) {
-  return std::make_unique<SmtpFilter>(policy);
+  return std::make_unique<SmtpFilter>(policy, false);
 }
 
 } // namespace protocol

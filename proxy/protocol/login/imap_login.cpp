@@ -1,0 +1,505 @@
+// IMAP in login mode (RFC 9051/3501 §6.1-6.2, RFC 4959 SASL-IR, RFC 7888 literals, RFC 2971 ID):
+// postern greets, answers CAPABILITY/NOOP/ID/LOGOUT/STARTTLS, captures LOGIN (atoms, quoted
+// strings, literals) and AUTHENTICATE; the replay logs in at the server with the client's tag.
+#include "proxy/protocol/login/login_common.h"
+
+#include <charconv>
+
+namespace protocol {
+
+namespace {
+
+// A command's words: atoms, quoted strings (unescaped), literals, and parentheses as words.
+struct Words {
+  std::vector<std::string> items;
+  void wipe() {
+    for (std::string& item : items) {
+      protocol::wipe(item);
+    }
+    items.clear();
+  }
+};
+
+enum class Tokenised { Complete, Literal, Bad };
+
+struct LiteralSpec {
+  std::size_t size = 0;
+  bool synchronising = true;
+};
+
+// Splits one line segment (CRLF removed) into `words`; a "{n}" / "{n+}" at its end announces a
+// literal.
+Tokenised tokenise(std::string_view text, Words& words, LiteralSpec& literal) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    char c = text[i];
+    if (c == ' ') {
+      ++i;
+      continue;
+    }
+    if (c == '(' || c == ')') {
+      words.items.emplace_back(1, c);
+      ++i;
+      continue;
+    }
+    if (c == '"') {
+      std::string value;
+      ++i;
+      bool closed = false;
+      while (i < text.size()) {
+        char d = text[i++];
+        if (d == '\\' && i < text.size() && (text[i] == '\\' || text[i] == '"')) {
+          value.push_back(text[i++]);
+          continue;
+        }
+        if (d == '"') {
+          closed = true;
+          break;
+        }
+        value.push_back(d);
+      }
+      if (!closed) {
+        return Tokenised::Bad;
+      }
+      words.items.push_back(std::move(value));
+      continue;
+    }
+    if (c == '{' && text.ends_with('}')) {
+      std::string_view inside = text.substr(i + 1, text.size() - i - 2);
+      literal.synchronising = !inside.ends_with('+');
+      if (!literal.synchronising) {
+        inside.remove_suffix(1);
+      }
+      auto [end, error] =
+          std::from_chars(inside.data(), inside.data() + inside.size(), literal.size);
+      if (inside.empty() || error != std::errc{} || end != inside.data() + inside.size()) {
+        return Tokenised::Bad;
+      }
+      return Tokenised::Literal;
+    }
+    std::size_t end = text.find_first_of(" ()", i);
+    if (end == std::string_view::npos) {
+      end = text.size();
+    }
+    words.items.emplace_back(text.substr(i, end - i));
+    i = end;
+  }
+  return Tokenised::Complete;
+}
+
+bool isPasswordWord(std::string_view word) {
+  return startsWithNoCase(word, "AUTH=") || equalsNoCase(word, "LOGINDISABLED") ||
+         equalsNoCase(word, "STARTTLS") || equalsNoCase(word, "SASL-IR") ||
+         equalsNoCase(word, "ID") || equalsNoCase(word, "LOGIN-REFERRALS");
+}
+
+class ImapLogin final : public LoginFront {
+public:
+  ImapLogin(const Policy& policy, BackendOffer offer) : LoginFront(policy, std::move(offer)) {
+    const auto& caps = offer_.capabilities;
+    mechanisms_.password = caps.empty() || hasCapability(caps, "AUTH=PLAIN") ||
+                           hasCapability(caps, "AUTH=LOGIN") ||
+                           !hasCapability(caps, "LOGINDISABLED");
+    mechanisms_.xoauth2 = hasCapability(caps, "AUTH=XOAUTH2");
+    mechanisms_.oauthbearer = hasCapability(caps, "AUTH=OAUTHBEARER");
+  }
+
+  void greet(LoginOutput& out) override {
+    out.toClient += "* OK [CAPABILITY " + capabilities() + "] postern ready.\r\n";
+  }
+
+  void throttled(LoginOutput& out) override {
+    out.toClient += pendingTag_ + " NO [UNAVAILABLE] Too many failed logins, try again later\r\n";
+    waiting_ = false;
+    run(out);
+  }
+
+private:
+  std::string capabilities() const {
+    std::string list = "IMAP4rev1";
+    for (const std::string& word : offer_.capabilities) {
+      if (!equalsNoCase(word, "IMAP4rev1") && !isPasswordWord(word)) {
+        list += " " + word;
+      }
+    }
+    list += " SASL-IR ID";
+    if (startTlsOffered()) {
+      list += " STARTTLS";
+    }
+    if (authAllowedNow()) {
+      if (mechanisms_.password) {
+        list += " AUTH=PLAIN AUTH=LOGIN";
+      }
+      if (mechanisms_.xoauth2) {
+        list += " AUTH=XOAUTH2";
+      }
+      if (mechanisms_.oauthbearer) {
+        list += " AUTH=OAUTHBEARER";
+      }
+    } else {
+      list += " LOGINDISABLED";
+    }
+    return list;
+  }
+
+  bool takeRaw(LoginOutput& out) override {
+    if (literalLeft_ == 0) {
+      return false;
+    }
+    std::string_view raw = reader_.takeRaw(literalLeft_);
+    if (raw.empty()) {
+      return false;
+    }
+    literal_.append(raw);
+    literalLeft_ -= raw.size();
+    if (literalLeft_ == 0) {
+      words_.items.push_back(std::move(literal_));
+      literal_.clear();
+      continuing_ = true; // the command goes on on the next line
+      reader_.wipeConsumed();
+    }
+    (void)out;
+    return true;
+  }
+
+  void lineTooLong(LoginOutput& out) override { out.toClient += "* BYE Line too long\r\n"; }
+
+  void line(std::string_view line, LoginOutput& out) override {
+    std::string_view text = chomp(line);
+    if (!continuing_) {
+      words_.wipe();
+    }
+    continuing_ = false;
+    LiteralSpec literal;
+    switch (tokenise(text, words_, literal)) {
+    case Tokenised::Bad:
+      finish(out, "BAD Invalid arguments");
+      return;
+    case Tokenised::Literal:
+      if (words_.items.size() < 2 || literal.size > policy_.maxLineLength) {
+        // A literal postern will not take: its bytes would be read as commands.
+        out.toClient += "* BYE Literal too large or misplaced\r\n";
+        out.close = true;
+        words_.wipe();
+        return;
+      }
+      literalLeft_ = literal.size;
+      if (literal.size == 0) {
+        words_.items.emplace_back();
+        continuing_ = true;
+      }
+      if (literal.synchronising) {
+        out.toClient += "+ Ready for literal data\r\n";
+      }
+      return;
+    case Tokenised::Complete:
+      break;
+    }
+    if (words_.items.empty()) {
+      out.toClient += "* BAD Empty command line\r\n";
+      return;
+    }
+    command(out);
+    words_.wipe();
+  }
+
+  void finish(LoginOutput& out, std::string_view reply) {
+    std::string tag = words_.items.empty() ? "*" : words_.items[0];
+    out.toClient += tag + " " + std::string(reply) + "\r\n";
+    words_.wipe();
+  }
+
+  void command(LoginOutput& out) {
+    std::vector<std::string>& w = words_.items;
+    std::string tag = w[0];
+    if (w.size() < 2) {
+      out.toClient += tag + " BAD Missing command\r\n";
+      return;
+    }
+    std::string_view verb = w[1];
+    std::size_t arguments = w.size() - 2;
+    if (equalsNoCase(verb, "CAPABILITY")) {
+      out.toClient += "* CAPABILITY " + capabilities() + "\r\n" + tag + " OK Capability completed.\r\n";
+    } else if (equalsNoCase(verb, "NOOP")) {
+      out.toClient += tag + " OK NOOP completed.\r\n";
+    } else if (equalsNoCase(verb, "ID")) {
+      out.toClient += "* ID NIL\r\n" + tag + " OK ID completed.\r\n";
+    } else if (equalsNoCase(verb, "LOGOUT")) {
+      out.toClient += "* BYE Logging out\r\n" + tag + " OK Logout completed.\r\n";
+      out.quit = true;
+    } else if (equalsNoCase(verb, "STARTTLS")) {
+      startTls(tag, arguments, out);
+    } else if (equalsNoCase(verb, "LOGIN")) {
+      login(tag, out);
+    } else if (equalsNoCase(verb, "AUTHENTICATE")) {
+      authenticate(tag, out);
+    } else {
+      out.toClient += tag + " BAD Command not available before login\r\n";
+    }
+  }
+
+  void startTls(const std::string& tag, std::size_t arguments, LoginOutput& out) {
+    if (!startTlsOffered() || arguments != 0) {
+      out.toClient += tag + (arguments != 0 ? " BAD STARTTLS takes no arguments\r\n"
+                                            : " BAD STARTTLS not available\r\n");
+      out.events.push_back({Event::StartTlsRefused});
+      return;
+    }
+    if (pipelinedAfter()) {
+      out.toClient += tag + " BAD Commands pipelined after STARTTLS\r\n";
+      out.events.push_back({Event::StartTlsInjection});
+      out.close = true;
+      return;
+    }
+    out.toClient += tag + " OK Begin TLS negotiation now.\r\n";
+    out.events.push_back({Event::StartTlsOk});
+    out.startTls = true;
+  }
+
+  // Policy checks shared by LOGIN and AUTHENTICATE; false when refused (reply written).
+  bool mayAuthenticate(const std::string& tag, const char* label, LoginOutput& out) {
+    if (!policy_.allowAuth) {
+      out.toClient += tag + " NO [CANNOT] Authentication is not available here\r\n";
+      return false;
+    }
+    if (!authAllowedNow()) {
+      out.toClient += tag + " NO [PRIVACYREQUIRED] Use STARTTLS before authenticating\r\n";
+      out.events.push_back({Event::AuthRefusedPlaintext, label});
+      return false;
+    }
+    return true;
+  }
+
+  void login(const std::string& tag, LoginOutput& out) {
+    if (!mayAuthenticate(tag, "login", out)) {
+      return;
+    }
+    if (words_.items.size() != 4) {
+      out.toClient += tag + " BAD LOGIN takes a user name and a password\r\n";
+      return;
+    }
+    if (!mechanisms_.password || words_.items[2].empty()) {
+      out.toClient += tag + " NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
+      return;
+    }
+    Credentials credentials;
+    credentials.mechanism = "login";
+    credentials.user = words_.items[2];
+    credentials.secret = words_.items[3];
+    credentials.tag = tag;
+    pendingTag_ = tag;
+    captured(std::move(credentials), out);
+  }
+
+  void authenticate(const std::string& tag, LoginOutput& out) {
+    std::vector<std::string>& w = words_.items;
+    const char* label = w.size() > 2 ? mechanismLabel(w[2]) : "none";
+    if (!mayAuthenticate(tag, label, out)) {
+      return;
+    }
+    if (w.size() < 3 || w.size() > 4) {
+      out.toClient += tag + " BAD AUTHENTICATE takes a mechanism and an initial response\r\n";
+      return;
+    }
+    std::optional<Mechanism> mechanism = parseMechanism(w[2]);
+    if (!mechanism || !mechanisms_.offers(*mechanism)) {
+      out.toClient += tag + " NO [CANNOT] Unsupported authentication mechanism\r\n";
+      return;
+    }
+    sasl_ = std::make_unique<SaslCapture>(*mechanism);
+    saslTag_ = tag;
+    step(w.size() == 4 ? sasl_->start(w[3]) : sasl_->start(std::nullopt), out);
+  }
+
+  void saslResponse(std::string_view line, LoginOutput& out) override {
+    step(sasl_->respond(line), out);
+  }
+
+  void step(SaslCapture::Step result, LoginOutput& out) {
+    switch (result) {
+    case SaslCapture::Step::Challenge:
+      out.toClient += "+ " + sasl_->challenge() + "\r\n";
+      return;
+    case SaslCapture::Step::Done: {
+      Credentials credentials = std::move(sasl_->credentials());
+      credentials.tag = saslTag_;
+      pendingTag_ = saslTag_;
+      captured(std::move(credentials), out);
+      return;
+    }
+    case SaslCapture::Step::BadEncoding:
+      out.toClient += saslTag_ + " BAD Invalid base64 data\r\n";
+      break;
+    case SaslCapture::Step::Malformed:
+      out.toClient += saslTag_ + " NO [AUTHENTICATIONFAILED] Invalid authentication data\r\n";
+      break;
+    case SaslCapture::Step::Cancelled:
+      out.toClient += saslTag_ + " BAD Authentication cancelled\r\n";
+      break;
+    }
+    sasl_.reset();
+  }
+
+  Words words_;
+  bool continuing_ = false;
+  std::size_t literalLeft_ = 0;
+  std::string literal_;
+  std::string saslTag_;
+  std::string pendingTag_;
+};
+
+// ------------------------------------------------------------------------------------------
+
+bool quotable(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+std::string quoted(std::string_view text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+    }
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+class ImapReplay final : public LineReplay {
+public:
+  using LineReplay::LineReplay;
+
+  Result start() override {
+    if (!context_.greeted) {
+      return {};
+    }
+    return askCapabilities();
+  }
+
+private:
+  enum class State { Greeting, Capability, Id, Auth };
+
+  Result askCapabilities() {
+    state_ = State::Capability;
+    return send("C CAPABILITY\r\n");
+  }
+
+  void learn(std::string_view words) {
+    capabilities_.clear();
+    while (!words.empty()) {
+      auto [word, rest] = splitWord(words);
+      if (!word.empty()) {
+        capabilities_.emplace_back(word);
+      }
+      words = rest;
+    }
+  }
+
+  Result line(std::string_view raw) override {
+    std::string_view text = chomp(raw);
+    switch (state_) {
+    case State::Greeting: {
+      if (startsWithNoCase(text, "* OK")) {
+        std::string_view rest = text.substr(4);
+        std::size_t start = rest.find("[CAPABILITY ");
+        if (start != std::string_view::npos) {
+          std::size_t end = rest.find(']', start);
+          learn(rest.substr(start + 12, end == std::string_view::npos ? std::string_view::npos
+                                                                      : end - start - 12));
+          return afterCapabilities();
+        }
+        return askCapabilities();
+      }
+      return failed(startsWithNoCase(text, "* PREAUTH") ? "greeted with PREAUTH"
+                                                         : "not an IMAP greeting");
+    }
+    case State::Capability:
+      if (startsWithNoCase(text, "* CAPABILITY ")) {
+        learn(text.substr(13));
+      } else if (text.starts_with("C ")) {
+        return afterCapabilities();
+      }
+      return {};
+    case State::Id:
+      if (text.starts_with("I ")) {
+        return authenticate();
+      }
+      return {};
+    case State::Auth:
+      return authLine(raw, text);
+    }
+    return {};
+  }
+
+  Result afterCapabilities() {
+    if (hasCapability(capabilities_, "ID") && !context_.clientIp.empty()) {
+      state_ = State::Id;
+      return send("I ID (\"x-originating-ip\" " + quoted(context_.clientIp) +
+                  " \"x-originating-port\" \"" + std::to_string(context_.clientPort) + "\")\r\n");
+    }
+    return authenticate();
+  }
+
+  Result authenticate() {
+    state_ = State::Auth;
+    std::string prefix = credentials_.tag + " AUTHENTICATE ";
+    bool saslIr = hasCapability(capabilities_, "SASL-IR");
+    switch (credentials_.kind) {
+    case Credentials::Kind::XOAuth2:
+      if (!hasCapability(capabilities_, "AUTH=XOAUTH2")) {
+        return failed("the server does not offer XOAUTH2");
+      }
+      return saslCommand(prefix, "XOAUTH2", buildXOAuth2(credentials_), saslIr);
+    case Credentials::Kind::OAuthBearer:
+      if (!hasCapability(capabilities_, "AUTH=OAUTHBEARER")) {
+        return failed("the server does not offer OAUTHBEARER");
+      }
+      return saslCommand(
+          prefix, "OAUTHBEARER",
+          buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort), saslIr);
+    case Credentials::Kind::Password:
+      break;
+    }
+    if (hasCapability(capabilities_, "AUTH=PLAIN")) {
+      return saslCommand(prefix, "PLAIN", buildPlain(credentials_), saslIr);
+    }
+    if (!hasCapability(capabilities_, "LOGINDISABLED") && credentials_.authzid.empty() &&
+        quotable(credentials_.user) && quotable(credentials_.secret)) {
+      return send(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
+                  quoted(credentials_.secret) + "\r\n");
+    }
+    if (hasCapability(capabilities_, "AUTH=LOGIN") && credentials_.authzid.empty()) {
+      responses_.push_back(encodeBase64(credentials_.user));
+      responses_.push_back(encodeBase64(credentials_.secret));
+      return send(prefix + "LOGIN\r\n");
+    }
+    return failed("the server offers no way to log in with a password");
+  }
+
+  Result authLine(std::string_view raw, std::string_view text) {
+    const std::string& tag = credentials_.tag;
+    if (text.starts_with('+')) {
+      return nextResponse();
+    }
+    if (text.size() > tag.size() && text.starts_with(tag) && text[tag.size()] == ' ') {
+      return verdict(startsWithNoCase(text.substr(tag.size() + 1), "OK"), raw);
+    }
+    verdict_.append(raw); // untagged lines on the way (a CAPABILITY, an ALERT)
+    return {};
+  }
+
+  State state_ = State::Greeting;
+};
+
+} // namespace
+
+std::unique_ptr<LoginDialogue> makeImapLogin(const Policy& policy, BackendOffer offer) {
+  return std::make_unique<ImapLogin>(policy, std::move(offer));
+}
+
+std::unique_ptr<LoginReplay> makeImapReplay(Credentials credentials, ReplayContext context) {
+  return std::make_unique<ImapReplay>(std::move(credentials), std::move(context));
+}
+
+} // namespace protocol

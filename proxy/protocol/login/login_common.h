@@ -1,0 +1,137 @@
+// What the three login dialogues share: the policy and TLS state, the client's line reader,
+// the wait for a verdict, and the SASL capture in progress.
+#pragma once
+
+#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/login/login.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace protocol {
+
+class LoginFront : public LoginDialogue {
+public:
+  void fromClient(std::span<const char> data, LoginOutput& out) override {
+    reader_.append(data);
+    run(out);
+  }
+  void tlsStarted(LoginOutput& out) override {
+    tls_ = true;
+    afterTls(out);
+  }
+  void rejected(LoginOutput& out) override {
+    waiting_ = false;
+    run(out);
+  }
+  std::string acceptedRest() override {
+    waiting_ = false;
+    return reader_.takeAll();
+  }
+
+protected:
+  LoginFront(const Policy& policy, BackendOffer offer)
+      : policy_(policy), offer_(std::move(offer)),
+        tls_(policy.listenerTls == config::TlsMode::Implicit), reader_(policy.maxLineLength) {}
+
+  // One complete line (CRLF included) when no SASL exchange runs.
+  virtual void line(std::string_view line, LoginOutput& out) = 0;
+  // One SASL response line (CRLF removed).
+  virtual void saslResponse(std::string_view line, LoginOutput& out) = 0;
+  // Raw bytes the dialogue asked for (IMAP literals); returns false when it wants none.
+  virtual bool takeRaw(LoginOutput&) { return false; }
+  virtual void lineTooLong(LoginOutput& out) = 0;
+  virtual void afterTls(LoginOutput&) {}
+
+  // Authentication is allowed now (TLS policy): STARTTLS before it where TLS is required.
+  bool authAllowedNow() const { return policy_.allowAuth && (tls_ || !policy_.requireTls); }
+  bool startTlsOffered() const { return policy_.listenerTls == config::TlsMode::StartTls && !tls_; }
+
+  // Credentials complete: hand them over and wait; the consumed bytes that carried them are
+  // zeroed.
+  void captured(Credentials credentials, LoginOutput& out) {
+    reader_.wipeConsumed();
+    out.credentials = std::move(credentials);
+    waiting_ = true;
+    sasl_.reset();
+  }
+
+  // Bytes pipelined after a STARTTLS line (CVE-2011-0411 class).
+  bool pipelinedAfter() const { return !reader_.empty(); }
+
+  void run(LoginOutput& out) {
+    while (!waiting_ && !out.close && !out.quit && !out.startTls) {
+      if (takeRaw(out)) {
+        continue;
+      }
+      auto next = reader_.nextLine();
+      if (!next) {
+        if (reader_.tooLong()) {
+          lineTooLong(out);
+          out.close = true;
+        }
+        break;
+      }
+      if (sasl_) {
+        saslResponse(chomp(*next), out);
+        reader_.wipeConsumed();
+      } else {
+        line(*next, out);
+      }
+    }
+    if (!waiting_) {
+      reader_.compact();
+    }
+  }
+
+  Policy policy_;
+  BackendOffer offer_;
+  MechanismOffer mechanisms_;
+  bool tls_;
+  LineReader reader_;
+  bool waiting_ = false;
+  std::unique_ptr<SaslCapture> sasl_;
+};
+
+// A replay that reads the server line by line; `line` gets each complete line, CRLF included.
+class LineReplay : public LoginReplay {
+public:
+  Result fromBackend(std::span<const char> data) override;
+  ~LineReplay() override;
+  LineReplay(Credentials credentials, ReplayContext context)
+      : credentials_(std::move(credentials)), context_(std::move(context)) {}
+
+protected:
+
+  virtual Result line(std::string_view raw) = 0;
+
+  static Result failed(std::string reason);
+  static Result send(std::string text);
+  // The server's verdict: what was collected for the client, then its last line.
+  Result verdict(bool accepted, std::string_view last);
+  // The answer to a server challenge: the next queued response, or the end of an error
+  // challenge.
+  Result nextResponse();
+  // "<prefix><MECHANISM> <base64>" with an initial response, else the command alone and the
+  // response queued for the server's challenge.
+  Result saslCommand(std::string prefix, const char* mechanism, std::string message,
+                     bool initialResponse);
+
+  Credentials credentials_;
+  ReplayContext context_;
+  LineReader reader_{65536};
+  std::vector<std::string> capabilities_;
+  std::vector<std::string> responses_; // base64 responses still to send (secrets)
+  std::size_t next_ = 0;
+  std::string verdict_;
+};
+
+// Case-insensitive membership of a capability word ("AUTH=PLAIN", "SASL-IR").
+bool hasCapability(const std::vector<std::string>& capabilities, std::string_view name);
+// The mechanisms of a "SASL ..." (POP3) or "AUTH ..." (SMTP) line among `capabilities`.
+std::vector<std::string> mechanismsIn(const std::vector<std::string>& capabilities,
+                                      std::string_view keyword);
+bool hasMechanism(const std::vector<std::string>& mechanisms, std::string_view name);
+
+} // namespace protocol

@@ -1,0 +1,305 @@
+// POP3 in login mode (RFC 1939, 2449 CAPA, 2595 STLS, 5034 AUTH): postern greets, answers
+// CAPA/STLS/QUIT, captures USER/PASS and AUTH; the replay logs in with a mechanism the server
+// offers (SASL PLAIN, else USER/PASS, else SASL LOGIN).
+#include "proxy/protocol/login/login_common.h"
+
+namespace protocol {
+
+namespace {
+
+class Pop3Login final : public LoginFront {
+public:
+  Pop3Login(const Policy& policy, BackendOffer offer) : LoginFront(policy, std::move(offer)) {
+    const auto& caps = offer_.capabilities;
+    std::vector<std::string> sasl = mechanismsIn(caps, "SASL");
+    mechanisms_.password = caps.empty() || hasCapability(caps, "USER") ||
+                           hasMechanism(sasl, "PLAIN") || hasMechanism(sasl, "LOGIN");
+    mechanisms_.xoauth2 = hasMechanism(sasl, "XOAUTH2");
+    mechanisms_.oauthbearer = hasMechanism(sasl, "OAUTHBEARER");
+  }
+
+  void greet(LoginOutput& out) override { out.toClient += "+OK postern ready.\r\n"; }
+
+  void throttled(LoginOutput& out) override {
+    out.toClient += "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n";
+    waiting_ = false;
+    run(out);
+  }
+
+private:
+  void afterTls(LoginOutput&) override { protocol::wipe(user_); } // learned before TLS
+
+  void lineTooLong(LoginOutput& out) override { out.toClient += "-ERR Line too long\r\n"; }
+
+  std::string capabilities() const {
+    std::string out = "+OK Capability list follows\r\n";
+    for (const std::string& line : offer_.capabilities) {
+      if (!equalsNoCase(line, "STLS") && !equalsNoCase(line, "USER") &&
+          !startsWithNoCase(line, "SASL")) {
+        out += line + "\r\n";
+      }
+    }
+    if (offer_.capabilities.empty()) {
+      out += "CAPA\r\n";
+    }
+    if (startTlsOffered()) {
+      out += "STLS\r\n";
+    }
+    if (authAllowedNow()) {
+      if (mechanisms_.password) {
+        out += "USER\r\n";
+      }
+      if (std::string list = mechanisms_.list(); !list.empty()) {
+        out += "SASL " + list + "\r\n";
+      }
+    }
+    return out + ".\r\n";
+  }
+
+  bool mayAuthenticate(const char* label, LoginOutput& out) {
+    if (!policy_.allowAuth) {
+      out.toClient += "-ERR Authentication is not available here\r\n";
+      return false;
+    }
+    if (!authAllowedNow()) {
+      out.toClient += "-ERR [PRIVACYREQUIRED] Use STLS before authenticating\r\n";
+      out.events.push_back({Event::AuthRefusedPlaintext, label});
+      return false;
+    }
+    return true;
+  }
+
+  void line(std::string_view raw, LoginOutput& out) override {
+    auto [verb, arguments] = splitCommand(chomp(raw));
+    if (equalsNoCase(verb, "CAPA")) {
+      out.toClient += capabilities();
+    } else if (equalsNoCase(verb, "QUIT")) {
+      out.toClient += "+OK Logging out\r\n";
+      out.quit = true;
+    } else if (equalsNoCase(verb, "STLS")) {
+      startTls(arguments, out);
+    } else if (equalsNoCase(verb, "USER")) {
+      if (!mayAuthenticate("user", out)) {
+        return;
+      }
+      if (arguments.empty() || !mechanisms_.password) {
+        out.toClient += arguments.empty() ? "-ERR No user name given\r\n"
+                                          : "-ERR [AUTH] Authentication failed.\r\n";
+        return;
+      }
+      protocol::wipe(user_);
+      user_ = std::string(arguments);
+      out.toClient += "+OK\r\n";
+    } else if (equalsNoCase(verb, "PASS")) {
+      if (!mayAuthenticate("user", out)) {
+        return;
+      }
+      if (user_.empty()) {
+        out.toClient += "-ERR No user name given\r\n";
+        return;
+      }
+      Credentials credentials;
+      credentials.mechanism = "user";
+      credentials.user = std::move(user_);
+      user_.clear();
+      // RFC 1939: the password is the rest of the line, spaces included.
+      std::string_view text = chomp(raw);
+      std::size_t start = text.find_first_not_of(" \t");
+      start = text.find_first_of(" \t", start);
+      credentials.secret =
+          start == std::string_view::npos ? std::string() : std::string(text.substr(start + 1));
+      captured(std::move(credentials), out);
+    } else if (equalsNoCase(verb, "AUTH")) {
+      authenticate(arguments, out);
+    } else {
+      out.toClient += "-ERR Unknown command or not logged in\r\n";
+    }
+  }
+
+  void startTls(std::string_view arguments, LoginOutput& out) {
+    if (!startTlsOffered() || !arguments.empty()) {
+      out.toClient += "-ERR STLS not available\r\n";
+      out.events.push_back({Event::StartTlsRefused});
+      return;
+    }
+    if (pipelinedAfter()) {
+      out.toClient += "-ERR Commands pipelined after STLS\r\n";
+      out.events.push_back({Event::StartTlsInjection});
+      out.close = true;
+      return;
+    }
+    out.toClient += "+OK Begin TLS negotiation\r\n";
+    out.events.push_back({Event::StartTlsOk});
+    out.startTls = true;
+  }
+
+  void authenticate(std::string_view arguments, LoginOutput& out) {
+    auto [name, initial] = splitWord(arguments);
+    if (name.empty()) {
+      // The mechanisms, as several servers answer a bare AUTH.
+      out.toClient += "+OK\r\n";
+      if (authAllowedNow()) {
+        std::string list = mechanisms_.list();
+        while (!list.empty()) {
+          auto [mechanism, rest] = splitWord(list);
+          out.toClient += std::string(mechanism) + "\r\n";
+          list = std::string(rest);
+        }
+      }
+      out.toClient += ".\r\n";
+      return;
+    }
+    if (!mayAuthenticate(mechanismLabel(name), out)) {
+      return;
+    }
+    std::optional<Mechanism> mechanism = parseMechanism(name);
+    if (!mechanism || !mechanisms_.offers(*mechanism)) {
+      out.toClient += "-ERR Unsupported authentication mechanism\r\n";
+      return;
+    }
+    sasl_ = std::make_unique<SaslCapture>(*mechanism);
+    std::optional<std::string_view> response;
+    if (!initial.empty()) {
+      response = initial;
+    }
+    step(sasl_->start(response), out);
+    reader_.wipeConsumed();
+  }
+
+  void saslResponse(std::string_view line, LoginOutput& out) override {
+    step(sasl_->respond(line), out);
+  }
+
+  void step(SaslCapture::Step result, LoginOutput& out) {
+    switch (result) {
+    case SaslCapture::Step::Challenge:
+      out.toClient += "+ " + sasl_->challenge() + "\r\n";
+      return;
+    case SaslCapture::Step::Done:
+      captured(std::move(sasl_->credentials()), out);
+      return;
+    case SaslCapture::Step::BadEncoding:
+      out.toClient += "-ERR Invalid base64 data\r\n";
+      break;
+    case SaslCapture::Step::Malformed:
+      out.toClient += "-ERR [AUTH] Invalid authentication data\r\n";
+      break;
+    case SaslCapture::Step::Cancelled:
+      out.toClient += "-ERR Authentication cancelled\r\n";
+      break;
+    }
+    sasl_.reset();
+  }
+
+  std::string user_;
+};
+
+class Pop3Replay final : public LineReplay {
+public:
+  using LineReplay::LineReplay;
+
+  Result start() override {
+    if (!context_.greeted) {
+      return {};
+    }
+    state_ = State::Capa;
+    return send("CAPA\r\n");
+  }
+
+private:
+  enum class State { Greeting, Capa, CapaList, User, Auth };
+
+  Result line(std::string_view raw) override {
+    std::string_view text = chomp(raw);
+    switch (state_) {
+    case State::Greeting:
+      if (!text.starts_with("+OK")) {
+        return failed("not a POP3 greeting");
+      }
+      state_ = State::Capa;
+      return send("CAPA\r\n");
+    case State::Capa:
+      if (text.starts_with("+OK")) {
+        state_ = State::CapaList;
+        return {};
+      }
+      return authenticate(); // no CAPA: try USER/PASS
+    case State::CapaList:
+      if (text == ".") {
+        return authenticate();
+      }
+      capabilities_.emplace_back(text.starts_with("..") ? text.substr(1) : text);
+      return {};
+    case State::User:
+      if (text.starts_with("+OK")) {
+        state_ = State::Auth;
+        std::string command = "PASS " + credentials_.secret + "\r\n";
+        return send(std::move(command));
+      }
+      return verdict(false, raw);
+    case State::Auth:
+      if (text.starts_with("+OK")) {
+        return verdict(true, raw);
+      }
+      if (text.starts_with("-ERR")) {
+        return verdict(false, raw);
+      }
+      if (text.starts_with('+')) {
+        return nextResponse();
+      }
+      return failed("unexpected reply to AUTH");
+    }
+    return {};
+  }
+
+  Result authenticate() {
+    state_ = State::Auth;
+    std::vector<std::string> sasl = mechanismsIn(capabilities_, "SASL");
+    switch (credentials_.kind) {
+    case Credentials::Kind::XOAuth2:
+      if (!hasMechanism(sasl, "XOAUTH2")) {
+        return failed("the server does not offer XOAUTH2");
+      }
+      return saslCommand("AUTH ", "XOAUTH2", buildXOAuth2(credentials_), true);
+    case Credentials::Kind::OAuthBearer:
+      if (!hasMechanism(sasl, "OAUTHBEARER")) {
+        return failed("the server does not offer OAUTHBEARER");
+      }
+      return saslCommand(
+          "AUTH ", "OAUTHBEARER",
+          buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort), true);
+    case Credentials::Kind::Password:
+      break;
+    }
+    if (hasMechanism(sasl, "PLAIN")) {
+      return saslCommand("AUTH ", "PLAIN", buildPlain(credentials_), true);
+    }
+    bool lineSafe = credentials_.user.find_first_of("\r\n") == std::string::npos &&
+                    credentials_.secret.find_first_of("\r\n") == std::string::npos;
+    if ((capabilities_.empty() || hasCapability(capabilities_, "USER")) &&
+        credentials_.authzid.empty() && lineSafe) {
+      state_ = State::User;
+      return send("USER " + credentials_.user + "\r\n");
+    }
+    if (hasMechanism(sasl, "LOGIN") && credentials_.authzid.empty()) {
+      responses_.push_back(encodeBase64(credentials_.user));
+      responses_.push_back(encodeBase64(credentials_.secret));
+      return send("AUTH LOGIN\r\n");
+    }
+    return failed("the server offers no way to log in with a password");
+  }
+
+  State state_ = State::Greeting;
+};
+
+} // namespace
+
+std::unique_ptr<LoginDialogue> makePop3Login(const Policy& policy, BackendOffer offer) {
+  return std::make_unique<Pop3Login>(policy, std::move(offer));
+}
+
+std::unique_ptr<LoginReplay> makePop3Replay(Credentials credentials, ReplayContext context) {
+  return std::make_unique<Pop3Replay>(std::move(credentials), std::move(context));
+}
+
+} // namespace protocol

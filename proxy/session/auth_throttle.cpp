@@ -1,0 +1,103 @@
+// Authentication failure counting (SPEC §8).
+#include "proxy/session/auth_throttle.h"
+
+namespace session {
+
+namespace {
+
+// Keys: "a|<address>" and "u|<address>|<user>".
+std::string addressKey(const std::string& address) { return "a|" + address; }
+std::string userKey(const std::string& address, const std::string& user) {
+  return "u|" + address + "|" + user;
+}
+
+constexpr std::size_t kMaxTracked = 200000; // bounded memory under a spray of addresses
+
+} // namespace
+
+AuthThrottle::AuthThrottle(const config::Limits& limits)
+    : beforeDelay_(limits.auth_failures_before_delay),
+      window_(static_cast<std::uint64_t>(limits.auth_failure_window.count())),
+      maxDelay_(static_cast<std::uint64_t>(limits.auth_max_delay.count())),
+      beforeBlock_(limits.auth_failures_before_block),
+      block_(static_cast<std::uint64_t>(limits.auth_block.count())) {}
+
+AuthThrottle::Count& AuthThrottle::at(const std::string& key, std::uint64_t nowMs) {
+  Count& count = counts_[key];
+  if (count.failures > 0 && nowMs - count.since >= window_ && nowMs >= count.blockedUntil) {
+    count = Count{};
+  }
+  if (count.failures == 0) {
+    count.since = nowMs;
+  }
+  return count;
+}
+
+std::chrono::milliseconds AuthThrottle::delayFor(std::uint32_t failures,
+                                                 std::uint32_t threshold) const {
+  if (threshold == 0 || failures < threshold) {
+    return std::chrono::milliseconds(0);
+  }
+  std::uint32_t doublings = std::min<std::uint32_t>(failures - threshold, 30);
+  std::uint64_t delay = std::min<std::uint64_t>(1000ULL << doublings, maxDelay_);
+  return std::chrono::milliseconds(delay);
+}
+
+AuthThrottle::Decision AuthThrottle::check(const std::string& address, const std::string& user,
+                                           std::uint64_t nowMs) {
+  std::lock_guard lock(mutex_);
+  Decision decision;
+  auto byAddress = counts_.find(addressKey(address));
+  if (byAddress != counts_.end()) {
+    Count& count = byAddress->second;
+    if (count.blockedUntil > nowMs) {
+      decision.blocked = true;
+      return decision;
+    }
+    decision.delay = delayFor(nowMs - count.since < window_ ? count.failures : 0, beforeDelay_ * 4);
+  }
+  auto byUser = counts_.find(userKey(address, user));
+  if (byUser != counts_.end() && nowMs - byUser->second.since < window_) {
+    decision.delay = std::max(decision.delay, delayFor(byUser->second.failures, beforeDelay_));
+  }
+  return decision;
+}
+
+void AuthThrottle::failed(const std::string& address, const std::string& user,
+                          std::uint64_t nowMs) {
+  std::lock_guard lock(mutex_);
+  prune(nowMs);
+  Count& byAddress = at(addressKey(address), nowMs);
+  ++byAddress.failures;
+  if (beforeBlock_ > 0 && byAddress.failures >= beforeBlock_ && byAddress.blockedUntil <= nowMs) {
+    byAddress.blockedUntil = nowMs + block_;
+  }
+  ++at(userKey(address, user), nowMs).failures;
+}
+
+void AuthThrottle::succeeded(const std::string& address, const std::string& user) {
+  std::lock_guard lock(mutex_);
+  counts_.erase(userKey(address, user));
+}
+
+std::size_t AuthThrottle::tracked() {
+  std::lock_guard lock(mutex_);
+  return counts_.size();
+}
+
+void AuthThrottle::prune(std::uint64_t nowMs) {
+  // Forget expired counts now and then (or at once when the table is full).
+  if (nowMs - prunedAt_ < 60000 && counts_.size() < kMaxTracked) {
+    return;
+  }
+  prunedAt_ = nowMs;
+  std::erase_if(counts_, [&](const auto& entry) {
+    return nowMs - entry.second.since >= window_ && nowMs >= entry.second.blockedUntil;
+  });
+  if (counts_.size() >= kMaxTracked) {
+    // Still full of live entries: drop the per-user ones first (addresses keep their blocks).
+    std::erase_if(counts_, [](const auto& entry) { return entry.first.starts_with("u|"); });
+  }
+}
+
+} // namespace session
