@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libuv1-dev libssl-dev libtomlplusplus-dev prometheus-cpp-dev libgtest-dev
   dovecot-core dovecot-imapd dovecot-pop3d postfix
-  curl openssl python3 swaks procps prometheus testssl.sh
+  curl openssl python3 swaks procps prometheus testssl.sh yamllint
 )
 
 missing=()
