@@ -240,8 +240,9 @@ private:
 
   void startTls(const std::string& tag, std::size_t arguments, LoginOutput& out) {
     if (!startTlsOffered() || arguments != 0) {
-      out.toClient += tag + (arguments != 0 ? " BAD STARTTLS takes no arguments\r\n"
-                                            : " BAD STARTTLS not available\r\n");
+      out.toClient += tag + (tls_             ? " BAD TLS is already active\r\n"
+                             : arguments != 0 ? " BAD STARTTLS takes no arguments\r\n"
+                                              : " BAD STARTTLS not available\r\n");
       out.events.push_back({Event::StartTlsRefused});
       return;
     }

@@ -58,11 +58,11 @@ private:
 
   bool mayAuthenticate(const char* label, LoginOutput& out) {
     if (!policy_.allowAuth) {
-      out.toClient += "-ERR Authentication is not available here\r\n";
+      out.toClient += "-ERR [AUTH] Authentication is not available here\r\n";
       return false;
     }
     if (!authAllowedNow()) {
-      out.toClient += "-ERR [PRIVACYREQUIRED] Use STLS before authenticating\r\n";
+      out.toClient += "-ERR [AUTH] Plaintext authentication disallowed; use STLS first\r\n";
       out.events.push_back({Event::AuthRefusedPlaintext, label});
       return false;
     }
@@ -118,7 +118,9 @@ private:
 
   void startTls(std::string_view arguments, LoginOutput& out) {
     if (!startTlsOffered() || !arguments.empty()) {
-      out.toClient += "-ERR STLS not available\r\n";
+      out.toClient += tls_                ? "-ERR Already using TLS\r\n"
+                      : arguments.empty() ? "-ERR STLS not available\r\n"
+                                          : "-ERR STLS takes no arguments\r\n";
       out.events.push_back({Event::StartTlsRefused});
       return;
     }

@@ -90,6 +90,9 @@ std::optional<std::string> decodeBase64(std::string_view text) {
         return std::nullopt;
       }
     }
+    if ((padding == 1 && (values[2] & 3) != 0) || (padding == 2 && (values[1] & 15) != 0)) {
+      return std::nullopt; // bits beyond the data: not canonical (RFC 4648 §3.5)
+    }
     unsigned bits = (static_cast<unsigned>(values[0]) << 18) |
                     (static_cast<unsigned>(values[1]) << 12) |
                     (static_cast<unsigned>(values[2]) << 6) | static_cast<unsigned>(values[3]);
@@ -249,7 +252,7 @@ std::optional<Credentials> parseOAuthBearer(std::string_view message) {
     }
   }
   message.remove_prefix(comma + 1);
-  if (!message.starts_with('\x01') || !message.ends_with("\x01\x01")) {
+  if (message.size() < 3 || !message.starts_with('\x01') || !message.ends_with("\x01\x01")) {
     return std::nullopt;
   }
   message.remove_prefix(1);
