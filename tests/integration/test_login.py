@@ -363,6 +363,18 @@ class LoginMode(unittest.TestCase):
             code, _ = smtp.docmd("XCLIENT", "ADDR=192.0.2.66")
             self.assertEqual(code, 550)
 
+    def test_token_sized_lines_fit_and_a_refused_token_gets_the_servers_verdict(self):
+        token = "t" * 6000  # an OAuth access token of several kilobytes
+        c = Raw(self.address("imap"))
+        c.line()
+        c.send(f"x1 AUTHENTICATE XOAUTH2 {b64(f'user={USER}' + chr(1) + 'auth=Bearer ' + token + chr(1) * 2)}\r\n")
+        # Dovecot refuses the token (it is not alice's); its XOAUTH2 error challenge is
+        # answered by postern and the client sees Dovecot's tagged NO.
+        self.assertRegex(c.until("x1 ")[-1], r"^x1 NO ")
+        c.send(f"x2 LOGIN {USER} {PASSWORD}\r\n")
+        self.assertRegex(c.until("x2 ")[-1], r"^x2 OK ")
+        c.close()
+
     # --- what is never written -------------------------------------------------------------
     def test_zz_no_password_in_any_log_line(self):
         # (Runs last in this class: after every login above.)
@@ -374,6 +386,45 @@ class LoginMode(unittest.TestCase):
         metrics = self.postern.scrape()
         for secret in ALL_PASSWORDS:
             self.assertNotIn(secret, metrics)
+
+
+class AddressForwarding(unittest.TestCase):
+    """The client address reaches the servers in login mode: XCLIENT to Postfix submission,
+    a PROXY v2 header to Dovecot's haproxy listener."""
+
+    def test_xclient_and_proxy_header(self):
+        text = login_config(servers)
+        text = text.replace(f'servers = ["127.0.0.1:{servers.submission_port}"]',
+                            f'servers = ["127.0.0.1:{servers.submission_port}"]\n'
+                            'smtp_xclient = true')
+        text = text.replace(f'servers = ["127.0.0.1:{servers.pop3_port}"]',
+                            f'servers = ["127.0.0.1:{servers.pop3_proxy_port}"]\n'
+                            'send_proxy_protocol = "v2"')
+        postern = harness.Postern(text)
+        self.addCleanup(postern.cleanup)
+        postern.start()
+        c = Raw(postern.address("submission"), source="127.0.0.11")
+        c.line()
+        c.send("EHLO client.example\r\n")
+        c.until("250 ")
+        c.send(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}\r\n")
+        self.assertTrue(c.line().startswith("235"))
+        c.send(f"MAIL FROM:<{USER}@{DOMAIN}>\r\n")
+        self.assertTrue(c.line().startswith("250"))
+        c.send("QUIT\r\n")
+        c.close()
+        self.assertTrue(harness.wait_until(lambda: re.search(
+            r"disconnect from \S*\[127\.0\.0\.11\].* auth=1",
+            harness.read_tail(servers.postfix_log, 200)), timeout=10))
+        c = Raw(postern.address("pop3"), source="127.0.0.12")
+        c.line()
+        c.send(f"USER {USER}\r\nPASS {PASSWORD}\r\n")
+        self.assertEqual(c.line(), "+OK")
+        self.assertTrue(c.line().startswith("+OK"))
+        c.close()
+        self.assertTrue(harness.wait_until(lambda: re.search(
+            r"pop3-login: Info: Login: user=<alice>.*rip=127\.0\.0\.12",
+            harness.read_tail(servers.dovecot_log, 200)), timeout=10))
 
 
 class LoginWithoutPlain(unittest.TestCase):
