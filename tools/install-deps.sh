@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libuv1-dev libssl-dev libtomlplusplus-dev prometheus-cpp-dev libgtest-dev
   dovecot-core dovecot-imapd dovecot-pop3d postfix
-  curl openssl python3 swaks procps prometheus testssl.sh yamllint
+  curl openssl python3 swaks procps prometheus testssl.sh yamllint haproxy systemd
 )
 
 missing=()
@@ -18,7 +18,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-# Debian's maintainer scripts would start dovecot and postfix; the tests run their own instances.
+# Debian's maintainer scripts would start dovecot, postfix and haproxy; the tests run their own.
 policy=/usr/sbin/policy-rc.d
 had_policy=0
 [ -e "$policy" ] && had_policy=1
