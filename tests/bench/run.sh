@@ -41,7 +41,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# Bounds of one run: full ~12 minutes, --quick ~2-3 minutes (after the first build).
+# Bounds of one run once built: full ~9 minutes, --quick ~1.5 minutes.
 if [ $quick -eq 1 ]; then
   rounds="${rounds:-1}"; load_s=1.5; setup_count=150; idle_sessions=2000; bulk_chunk=$((16 << 20))
 else
