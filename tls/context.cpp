@@ -27,6 +27,12 @@ namespace {
 constexpr const char* kDefaultCiphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                                         "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                                         "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+// TLS 1.3: AES-128-GCM first (Mozilla's "intermediate" order): as strong as a mail session
+// needs, and about a quarter less CPU per byte than AES-256-GCM, which OpenSSL would pick under
+// server preference by default. ChaCha20 still goes to clients that prefer it
+// (SSL_OP_PRIORITIZE_CHACHA).
+constexpr const char* kDefaultCiphersuites =
+    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
 constexpr const char* kGroups = "X25519:P-256:P-384";
 constexpr unsigned char kSessionIdContext[] = "postern";
 
@@ -282,7 +288,10 @@ struct ServerContext::Impl {
         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof key.hmac),
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
         OSSL_PARAM_construct_end()};
-    if (EVP_CipherInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes, iv, encrypt) != 1 ||
+    // Fetched once: naming the cipher on every handshake costs OpenSSL 3 a provider lookup.
+    static EVP_CIPHER* const aes = EVP_CIPHER_fetch(nullptr, "AES-256-CBC", nullptr);
+    if (aes == nullptr ||
+        EVP_CipherInit_ex(cipher, aes, nullptr, key.aes, iv, encrypt) != 1 ||
         EVP_MAC_CTX_set_params(mac, params) != 1) {
       OPENSSL_cleanse(&key, sizeof key);
       return -1;
@@ -316,8 +325,9 @@ struct ServerContext::Impl {
     SSL_CTX_set_timeout(ctx, 2 * 3600);
     if (SSL_CTX_set_cipher_list(ctx, config.ciphers.empty() ? kDefaultCiphers
                                                             : config.ciphers.c_str()) != 1 ||
-        (!config.ciphersuites.empty() &&
-         SSL_CTX_set_ciphersuites(ctx, config.ciphersuites.c_str()) != 1) ||
+        SSL_CTX_set_ciphersuites(ctx, config.ciphersuites.empty()
+                                          ? kDefaultCiphersuites
+                                          : config.ciphersuites.c_str()) != 1 ||
         SSL_CTX_set1_groups_list(ctx, kGroups) != 1) {
       SSL_CTX_free(ctx);
       return std::unexpected("cipher configuration: " + opensslError());

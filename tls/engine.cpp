@@ -20,7 +20,9 @@ struct Engine::Io {
 
 namespace {
 
-constexpr std::size_t kPlaintextChunk = 16 * 1024; // one TLS record
+// Records are decrypted into one buffer until it is full or the input is used up, so a burst of
+// records reaches the owner (and the socket behind it) as one write, not one per record.
+constexpr std::size_t kPlaintextChunk = 64 * 1024;
 
 // A memory BIO over caller-owned buffers: reads consume Io::input, writes append to Io::output.
 int bioWrite(BIO* bio, const char* data, std::size_t length, std::size_t* written) {
@@ -187,18 +189,32 @@ Engine::State Engine::pump(std::string& out, PlaintextSink* sink) {
   if (sink == nullptr || state_ != State::Open) {
     return state_;
   }
-  // Decrypt record by record into a buffer on the stack; the sink copies only if it must queue.
+  // Decrypt into a buffer on the stack, several records at a time; the sink copies only if it
+  // must queue.
   char plaintext[kPlaintextChunk];
+  std::size_t filled = 0;
   for (;;) {
     std::size_t read = 0;
     ERR_clear_error();
-    if (SSL_read_ex(ssl_, plaintext, sizeof plaintext, &read) == 1) {
-      if (!sink->onPlaintext(std::span<const char>(plaintext, read))) {
-        return state_;
+    if (SSL_read_ex(ssl_, plaintext + filled, sizeof plaintext - filled, &read) == 1) {
+      filled += read;
+      if (filled == sizeof plaintext) {
+        if (!sink->onPlaintext(std::span<const char>(plaintext, filled))) {
+          return state_;
+        }
+        filled = 0;
       }
       continue;
     }
     int error = SSL_get_error(ssl_, 0);
+    if (filled > 0 && (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ||
+                       error == SSL_ERROR_ZERO_RETURN)) {
+      // What was decrypted goes out first (a close_notify ends the stream after it).
+      if (!sink->onPlaintext(std::span<const char>(plaintext, filled))) {
+        return state_;
+      }
+      filled = 0;
+    }
     if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
       return state_;
     }

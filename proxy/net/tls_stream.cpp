@@ -2,6 +2,8 @@
 // accept (implicit TLS), in the middle of a plaintext session (STARTTLS) and towards backends.
 #include "proxy/net/tls_stream.h"
 
+#include <algorithm>
+
 namespace net {
 
 TlsStream::TlsStream(TcpStream* tcp, std::unique_ptr<tls::Engine> engine, StreamHandler* handler)
@@ -204,17 +206,26 @@ int TlsStream::write(std::span<const char> data) {
     early_.append(data.data(), data.size());
     return 0;
   }
+  // A record's worth at a time: each is encrypted and handed to the socket while it is still in
+  // the cache, and the loop's output buffer stays one record long.
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
-  if (engine_->send(data, out) == tls::Engine::State::Failed) {
-    out.clear();
-    return kTlsFailure;
+  constexpr std::size_t kSlice = 16 * 1024;
+  while (!data.empty()) {
+    std::span<const char> slice = data.first(std::min(kSlice, data.size()));
+    data = data.subspan(slice.size());
+    if (engine_->send(slice, out) == tls::Engine::State::Failed) {
+      out.clear();
+      return kTlsFailure;
+    }
+    if (!out.empty()) {
+      int status = tcp_->write(out);
+      out.clear();
+      if (status != 0) {
+        return status;
+      }
+    }
   }
-  int status = 0;
-  if (!out.empty()) {
-    status = tcp_->write(out);
-    out.clear();
-  }
-  return status;
+  return 0;
 }
 
 void TlsStream::shutdownWrite() {
