@@ -209,9 +209,28 @@ private:
     words_.wipe();
   }
 
+  // RFC 9051 §9: a tag is ASTRING-CHARs except "+" (so never "*" or "+", which would read as
+  // an untagged or continuation line when the server's verdict comes back).
+  static bool validTag(std::string_view tag) {
+    if (tag.empty()) {
+      return false;
+    }
+    for (char c : tag) {
+      auto u = static_cast<unsigned char>(c);
+      if (u <= 0x20 || u >= 0x7f || std::string_view("(){%*\"\\+").find(c) != std::string_view::npos) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   void command(LoginOutput& out) {
     std::vector<std::string>& w = words_.items;
     std::string tag = w[0];
+    if (!validTag(tag)) {
+      out.toClient += "* BAD Invalid tag\r\n";
+      return;
+    }
     if (w.size() < 2) {
       out.toClient += tag + " BAD Missing command\r\n";
       return;

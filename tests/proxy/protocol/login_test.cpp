@@ -324,6 +324,8 @@ TEST(ImapLogin, LocalCommandsAndBadInput) {
             "d BAD LOGIN takes a user name and a password\r\n");
   EXPECT_EQ(f.client("e LOGIN \"alice\r\n").toClient, "e BAD Invalid arguments\r\n");
   EXPECT_EQ(f.client("f STARTTLS\r\n").toClient, "f BAD TLS is already active\r\n");
+  EXPECT_EQ(f.client("* LOGIN alice x\r\n").toClient, "* BAD Invalid tag\r\n");
+  EXPECT_EQ(f.client("+ LOGIN alice x\r\n").toClient, "* BAD Invalid tag\r\n");
   Said big = f.client("g LOGIN {99999}\r\n");
   EXPECT_TRUE(big.close);
   EXPECT_EQ(big.toClient, "* BYE Literal too large or misplaced\r\n");
