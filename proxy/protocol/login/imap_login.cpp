@@ -265,15 +265,7 @@ private:
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
-    if (pipelinedAfter()) {
-      out.toClient += tag + " BAD Commands pipelined after STARTTLS\r\n";
-      out.events.push_back({Event::StartTlsInjection});
-      out.close = true;
-      return;
-    }
-    out.toClient += tag + " OK Begin TLS negotiation now.\r\n";
-    out.events.push_back({Event::StartTlsOk});
-    out.startTls = true;
+    acceptStartTls(tag + " BAD Commands pipelined after STARTTLS\r\n", tag + " OK Begin TLS negotiation now.\r\n", out);
   }
 
   // Policy checks shared by LOGIN and AUTHENTICATE; false when refused (reply written).
@@ -321,43 +313,25 @@ private:
       out.toClient += tag + " BAD AUTHENTICATE takes a mechanism and an initial response\r\n";
       return;
     }
-    std::optional<Mechanism> mechanism = parseMechanism(w[2]);
-    if (!mechanism || !mechanisms_.offers(*mechanism)) {
-      out.toClient += tag + " NO [CANNOT] Unsupported authentication mechanism\r\n";
-      return;
-    }
-    sasl_ = std::make_unique<SaslCapture>(*mechanism);
     saslTag_ = tag;
-    step(w.size() == 4 ? sasl_->start(w[3]) : sasl_->start(std::nullopt), out);
+    std::optional<std::string_view> initial;
+    if (w.size() == 4) {
+      initial = w[3];
+    }
+    startSasl(w[2], initial, out);
   }
 
-  void saslResponse(std::string_view line, LoginOutput& out) override {
-    step(sasl_->respond(line), out);
+  SaslReplies saslReplies() const override {
+    return {"+ ", saslTag_ + " NO [CANNOT] Unsupported authentication mechanism\r\n",
+            saslTag_ + " BAD Invalid base64 data\r\n",
+            saslTag_ + " NO [AUTHENTICATIONFAILED] Invalid authentication data\r\n",
+            saslTag_ + " BAD Authentication cancelled\r\n"};
   }
 
-  void step(SaslCapture::Step result, LoginOutput& out) {
-    switch (result) {
-    case SaslCapture::Step::Challenge:
-      out.toClient += "+ " + sasl_->challenge() + "\r\n";
-      return;
-    case SaslCapture::Step::Done: {
-      Credentials credentials = std::move(sasl_->credentials());
-      credentials.tag = saslTag_;
-      pendingTag_ = saslTag_;
-      captured(std::move(credentials), out);
-      return;
-    }
-    case SaslCapture::Step::BadEncoding:
-      out.toClient += saslTag_ + " BAD Invalid base64 data\r\n";
-      break;
-    case SaslCapture::Step::Malformed:
-      out.toClient += saslTag_ + " NO [AUTHENTICATIONFAILED] Invalid authentication data\r\n";
-      break;
-    case SaslCapture::Step::Cancelled:
-      out.toClient += saslTag_ + " BAD Authentication cancelled\r\n";
-      break;
-    }
-    sasl_.reset();
+  void saslCaptured(Credentials credentials, LoginOutput& out) override {
+    credentials.tag = saslTag_;
+    pendingTag_ = saslTag_;
+    captured(std::move(credentials), out);
   }
 
   Words words_;
@@ -464,37 +438,21 @@ private:
   Result authenticate() {
     state_ = State::Auth;
     std::string prefix = credentials_.tag + " AUTHENTICATE ";
-    bool saslIr = hasCapability(capabilities_, "SASL-IR");
-    switch (credentials_.kind) {
-    case Credentials::Kind::XOAuth2:
-      if (!hasCapability(capabilities_, "AUTH=XOAUTH2")) {
-        return failed("the server does not offer XOAUTH2");
+    std::vector<std::string> mechanisms;
+    for (const std::string& capability : capabilities_) {
+      if (startsWithNoCase(capability, "AUTH=")) {
+        mechanisms.push_back(capability.substr(5));
       }
-      return saslCommand(prefix, "XOAUTH2", buildXOAuth2(credentials_), saslIr);
-    case Credentials::Kind::OAuthBearer:
-      if (!hasCapability(capabilities_, "AUTH=OAUTHBEARER")) {
-        return failed("the server does not offer OAUTHBEARER");
-      }
-      return saslCommand(
-          prefix, "OAUTHBEARER",
-          buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort), saslIr);
-    case Credentials::Kind::Password:
-      break;
     }
-    if (hasCapability(capabilities_, "AUTH=PLAIN")) {
-      return saslCommand(prefix, "PLAIN", buildPlain(credentials_), saslIr);
+    if (auto sasl = replaySasl(mechanisms, prefix, hasCapability(capabilities_, "SASL-IR"))) {
+      return std::move(*sasl);
     }
     if (!hasCapability(capabilities_, "LOGINDISABLED") && credentials_.authzid.empty() &&
         quotable(credentials_.user) && quotable(credentials_.secret)) {
       return send(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
                   quoted(credentials_.secret) + "\r\n");
     }
-    if (hasCapability(capabilities_, "AUTH=LOGIN") && credentials_.authzid.empty()) {
-      responses_.push_back(encodeBase64(credentials_.user));
-      responses_.push_back(encodeBase64(credentials_.secret));
-      return send(prefix + "LOGIN\r\n");
-    }
-    return failed("the server offers no way to log in with a password");
+    return replayLoginMechanism(mechanisms, prefix);
   }
 
   Result authLine(std::string_view raw, std::string_view text) {

@@ -223,6 +223,41 @@ LoginReplay::Result LineReplay::saslCommand(std::string prefix, const char* mech
   return send(prefix + mechanism + "\r\n");
 }
 
+std::optional<LoginReplay::Result>
+LineReplay::replaySasl(const std::vector<std::string>& mechanisms, const std::string& prefix,
+                       bool initialResponse) {
+  switch (credentials_.kind) {
+  case Credentials::Kind::XOAuth2:
+    if (!hasMechanism(mechanisms, "XOAUTH2")) {
+      return failed("the server does not offer XOAUTH2");
+    }
+    return saslCommand(prefix, "XOAUTH2", buildXOAuth2(credentials_), initialResponse);
+  case Credentials::Kind::OAuthBearer:
+    if (!hasMechanism(mechanisms, "OAUTHBEARER")) {
+      return failed("the server does not offer OAUTHBEARER");
+    }
+    return saslCommand(prefix, "OAUTHBEARER",
+                       buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort),
+                       initialResponse);
+  case Credentials::Kind::Password:
+    break;
+  }
+  if (hasMechanism(mechanisms, "PLAIN")) {
+    return saslCommand(prefix, "PLAIN", buildPlain(credentials_), initialResponse);
+  }
+  return std::nullopt;
+}
+
+LoginReplay::Result LineReplay::replayLoginMechanism(const std::vector<std::string>& mechanisms,
+                                                     const std::string& prefix) {
+  if (hasMechanism(mechanisms, "LOGIN") && credentials_.authzid.empty()) {
+    responses_.push_back(encodeBase64(credentials_.user));
+    responses_.push_back(encodeBase64(credentials_.secret));
+    return send(prefix + "LOGIN\r\n");
+  }
+  return failed("the server offers no way to log in with a password");
+}
+
 LineReplay::~LineReplay() {
   for (std::string& response : responses_) {
     wipe(response);

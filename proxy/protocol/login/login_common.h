@@ -37,8 +37,6 @@ protected:
 
   // One complete line (CRLF included) when no SASL exchange runs.
   virtual void line(std::string_view line, LoginOutput& out) = 0;
-  // One SASL response line (CRLF removed).
-  virtual void saslResponse(std::string_view line, LoginOutput& out) = 0;
   // Raw bytes the dialogue asked for (IMAP literals); returns false when it wants none.
   virtual bool takeRaw(LoginOutput&) { return false; }
   virtual void lineTooLong(LoginOutput& out) = 0;
@@ -57,8 +55,73 @@ protected:
     sasl_.reset();
   }
 
-  // Bytes pipelined after a STARTTLS line (CVE-2011-0411 class).
-  bool pipelinedAfter() const { return !reader_.empty(); }
+  // The protocol's replies around a SASL exchange, as whole lines (IMAP's carry the tag).
+  struct SaslReplies {
+    std::string challenge; // the continuation prefix: "+ " or "334 "
+    std::string unsupported;
+    std::string badEncoding;
+    std::string malformed;
+    std::string cancelled;
+  };
+  virtual SaslReplies saslReplies() const = 0;
+  // Credentials complete; a protocol adds what it knows (IMAP the tag, SMTP the EHLO name).
+  virtual void saslCaptured(Credentials credentials, LoginOutput& out) {
+    captured(std::move(credentials), out);
+  }
+
+  // A command's optional last word (an initial response), as startSasl() takes it.
+  static std::optional<std::string_view> given(std::string_view word) {
+    return word.empty() ? std::nullopt : std::optional<std::string_view>(word);
+  }
+
+  // An exchange for the mechanism `name`, with the client's initial response if it sent one.
+  void startSasl(std::string_view name, std::optional<std::string_view> initial,
+                 LoginOutput& out) {
+    std::optional<Mechanism> mechanism = parseMechanism(name);
+    if (!mechanism || !mechanisms_.offers(*mechanism)) {
+      out.toClient += saslReplies().unsupported;
+      return;
+    }
+    sasl_ = std::make_unique<SaslCapture>(*mechanism);
+    saslStep(sasl_->start(initial), out);
+    reader_.wipeConsumed();
+  }
+
+  void saslStep(SaslCapture::Step result, LoginOutput& out) {
+    switch (result) {
+    case SaslCapture::Step::Challenge:
+      out.toClient += saslReplies().challenge + sasl_->challenge() + "\r\n";
+      return;
+    case SaslCapture::Step::Done:
+      saslCaptured(std::move(sasl_->credentials()), out);
+      return;
+    case SaslCapture::Step::BadEncoding:
+      out.toClient += saslReplies().badEncoding;
+      break;
+    case SaslCapture::Step::Malformed:
+      out.toClient += saslReplies().malformed;
+      break;
+    case SaslCapture::Step::Cancelled:
+      out.toClient += saslReplies().cancelled;
+      break;
+    }
+    sasl_.reset();
+  }
+
+  // A STARTTLS postern accepts: the go-ahead, unless bytes came pipelined after the command
+  // (CVE-2011-0411 class): then the protocol's error and the session ends.
+  void acceptStartTls(std::string_view injectionReply, std::string_view goAhead,
+                      LoginOutput& out) {
+    if (!reader_.empty()) {
+      out.toClient += injectionReply;
+      out.events.push_back({Event::StartTlsInjection});
+      out.close = true;
+      return;
+    }
+    out.toClient += goAhead;
+    out.events.push_back({Event::StartTlsOk});
+    out.startTls = true;
+  }
 
   void run(LoginOutput& out) {
     while (!waiting_ && !out.close && !out.quit && !out.startTls) {
@@ -74,7 +137,7 @@ protected:
         break;
       }
       if (sasl_) {
-        saslResponse(chomp(*next), out);
+        saslStep(sasl_->respond(chomp(*next)), out);
         reader_.wipeConsumed();
       } else {
         line(*next, out);
@@ -117,6 +180,14 @@ protected:
   // response queued for the server's challenge.
   Result saslCommand(std::string prefix, const char* mechanism, std::string message,
                      bool initialResponse);
+  // What every protocol does alike with the server's SASL `mechanisms`: a token goes with its
+  // own mechanism (or the server is unusable), a password as PLAIN when offered. nullopt: a
+  // password and no PLAIN, so the protocol's own password forms come next.
+  std::optional<Result> replaySasl(const std::vector<std::string>& mechanisms,
+                                   const std::string& prefix, bool initialResponse);
+  // The last resort for a password: the LOGIN mechanism, when offered.
+  Result replayLoginMechanism(const std::vector<std::string>& mechanisms,
+                              const std::string& prefix);
 
   Credentials credentials_;
   ReplayContext context_;

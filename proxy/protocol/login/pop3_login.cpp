@@ -124,15 +124,7 @@ private:
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
-    if (pipelinedAfter()) {
-      out.toClient += "-ERR Commands pipelined after STLS\r\n";
-      out.events.push_back({Event::StartTlsInjection});
-      out.close = true;
-      return;
-    }
-    out.toClient += "+OK Begin TLS negotiation\r\n";
-    out.events.push_back({Event::StartTlsOk});
-    out.startTls = true;
+    acceptStartTls("-ERR Commands pipelined after STLS\r\n", "+OK Begin TLS negotiation\r\n", out);
   }
 
   void authenticate(std::string_view arguments, LoginOutput& out) {
@@ -154,43 +146,13 @@ private:
     if (!mayAuthenticate(mechanismLabel(name), out)) {
       return;
     }
-    std::optional<Mechanism> mechanism = parseMechanism(name);
-    if (!mechanism || !mechanisms_.offers(*mechanism)) {
-      out.toClient += "-ERR Unsupported authentication mechanism\r\n";
-      return;
-    }
-    sasl_ = std::make_unique<SaslCapture>(*mechanism);
-    std::optional<std::string_view> response;
-    if (!initial.empty()) {
-      response = initial;
-    }
-    step(sasl_->start(response), out);
-    reader_.wipeConsumed();
+    startSasl(name, given(initial), out);
   }
 
-  void saslResponse(std::string_view line, LoginOutput& out) override {
-    step(sasl_->respond(line), out);
-  }
-
-  void step(SaslCapture::Step result, LoginOutput& out) {
-    switch (result) {
-    case SaslCapture::Step::Challenge:
-      out.toClient += "+ " + sasl_->challenge() + "\r\n";
-      return;
-    case SaslCapture::Step::Done:
-      captured(std::move(sasl_->credentials()), out);
-      return;
-    case SaslCapture::Step::BadEncoding:
-      out.toClient += "-ERR Invalid base64 data\r\n";
-      break;
-    case SaslCapture::Step::Malformed:
-      out.toClient += "-ERR [AUTH] Invalid authentication data\r\n";
-      break;
-    case SaslCapture::Step::Cancelled:
-      out.toClient += "-ERR Authentication cancelled\r\n";
-      break;
-    }
-    sasl_.reset();
+  SaslReplies saslReplies() const override {
+    return {"+ ", "-ERR Unsupported authentication mechanism\r\n",
+            "-ERR Invalid base64 data\r\n", "-ERR [AUTH] Invalid authentication data\r\n",
+            "-ERR Authentication cancelled\r\n"};
   }
 
   std::string user_;
@@ -257,24 +219,8 @@ private:
   Result authenticate() {
     state_ = State::Auth;
     std::vector<std::string> sasl = mechanismsIn(capabilities_, "SASL");
-    switch (credentials_.kind) {
-    case Credentials::Kind::XOAuth2:
-      if (!hasMechanism(sasl, "XOAUTH2")) {
-        return failed("the server does not offer XOAUTH2");
-      }
-      return saslCommand("AUTH ", "XOAUTH2", buildXOAuth2(credentials_), true);
-    case Credentials::Kind::OAuthBearer:
-      if (!hasMechanism(sasl, "OAUTHBEARER")) {
-        return failed("the server does not offer OAUTHBEARER");
-      }
-      return saslCommand(
-          "AUTH ", "OAUTHBEARER",
-          buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort), true);
-    case Credentials::Kind::Password:
-      break;
-    }
-    if (hasMechanism(sasl, "PLAIN")) {
-      return saslCommand("AUTH ", "PLAIN", buildPlain(credentials_), true);
+    if (auto replayed = replaySasl(sasl, "AUTH ", true)) { // RFC 5034: initial responses
+      return std::move(*replayed);
     }
     bool lineSafe = credentials_.user.find_first_of("\r\n") == std::string::npos &&
                     credentials_.secret.find_first_of("\r\n") == std::string::npos;
@@ -283,12 +229,7 @@ private:
       state_ = State::User;
       return send("USER " + credentials_.user + "\r\n");
     }
-    if (hasMechanism(sasl, "LOGIN") && credentials_.authzid.empty()) {
-      responses_.push_back(encodeBase64(credentials_.user));
-      responses_.push_back(encodeBase64(credentials_.secret));
-      return send("AUTH LOGIN\r\n");
-    }
-    return failed("the server offers no way to log in with a password");
+    return replayLoginMechanism(sasl, "AUTH ");
   }
 
   State state_ = State::Greeting;

@@ -106,15 +106,7 @@ private:
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
-    if (pipelinedAfter()) {
-      out.toClient += "554 5.5.1 Error: commands pipelined after STARTTLS\r\n";
-      out.events.push_back({Event::StartTlsInjection});
-      out.close = true;
-      return;
-    }
-    out.toClient += "220 2.0.0 Ready to start TLS\r\n";
-    out.events.push_back({Event::StartTlsOk});
-    out.startTls = true;
+    acceptStartTls("554 5.5.1 Error: commands pipelined after STARTTLS\r\n", "220 2.0.0 Ready to start TLS\r\n", out);
   }
 
   void authenticate(std::string_view arguments, LoginOutput& out) {
@@ -132,44 +124,19 @@ private:
       out.toClient += "503 5.5.1 Error: send EHLO first\r\n";
       return;
     }
-    std::optional<Mechanism> mechanism = parseMechanism(name);
-    if (!mechanism || !mechanisms_.offers(*mechanism)) {
-      out.toClient += "504 5.5.4 Unsupported authentication mechanism\r\n";
-      return;
-    }
-    sasl_ = std::make_unique<SaslCapture>(*mechanism);
-    std::optional<std::string_view> response;
-    if (!initial.empty()) {
-      response = initial;
-    }
-    step(sasl_->start(response), out);
-    reader_.wipeConsumed();
+    startSasl(name, given(initial), out);
   }
 
-  void saslResponse(std::string_view line, LoginOutput& out) override {
-    step(sasl_->respond(line), out);
+  SaslReplies saslReplies() const override {
+    return {"334 ", "504 5.5.4 Unsupported authentication mechanism\r\n",
+            "501 5.5.2 Error: invalid base64 data\r\n",
+            "535 5.7.8 Error: authentication failed: invalid authentication data\r\n",
+            "501 5.7.0 Error: authentication cancelled\r\n"};
   }
 
-  void step(SaslCapture::Step result, LoginOutput& out) {
-    switch (result) {
-    case SaslCapture::Step::Challenge:
-      out.toClient += "334 " + sasl_->challenge() + "\r\n";
-      return;
-    case SaslCapture::Step::Done:
-      out.clientHelo = helo_;
-      captured(std::move(sasl_->credentials()), out);
-      return;
-    case SaslCapture::Step::BadEncoding:
-      out.toClient += "501 5.5.2 Error: invalid base64 data\r\n";
-      break;
-    case SaslCapture::Step::Malformed:
-      out.toClient += "535 5.7.8 Error: authentication failed: invalid authentication data\r\n";
-      break;
-    case SaslCapture::Step::Cancelled:
-      out.toClient += "501 5.7.0 Error: authentication cancelled\r\n";
-      break;
-    }
-    sasl_.reset();
+  void saslCaptured(Credentials credentials, LoginOutput& out) override {
+    out.clientHelo = helo_;
+    captured(std::move(credentials), out);
   }
 
   std::string helo_;
@@ -231,31 +198,10 @@ private:
   Result authenticate() {
     state_ = State::Auth;
     std::vector<std::string> auth = mechanismsIn(capabilities_, "AUTH");
-    switch (credentials_.kind) {
-    case Credentials::Kind::XOAuth2:
-      if (!hasMechanism(auth, "XOAUTH2")) {
-        return failed("the server does not offer XOAUTH2");
-      }
-      return saslCommand("AUTH ", "XOAUTH2", buildXOAuth2(credentials_), true);
-    case Credentials::Kind::OAuthBearer:
-      if (!hasMechanism(auth, "OAUTHBEARER")) {
-        return failed("the server does not offer OAUTHBEARER");
-      }
-      return saslCommand(
-          "AUTH ", "OAUTHBEARER",
-          buildOAuthBearer(credentials_, context_.serverHost, context_.serverPort), true);
-    case Credentials::Kind::Password:
-      break;
+    if (auto replayed = replaySasl(auth, "AUTH ", true)) { // RFC 4954: initial responses
+      return std::move(*replayed);
     }
-    if (hasMechanism(auth, "PLAIN")) {
-      return saslCommand("AUTH ", "PLAIN", buildPlain(credentials_), true);
-    }
-    if (hasMechanism(auth, "LOGIN") && credentials_.authzid.empty()) {
-      responses_.push_back(encodeBase64(credentials_.user));
-      responses_.push_back(encodeBase64(credentials_.secret));
-      return send("AUTH LOGIN\r\n");
-    }
-    return failed("the server offers no way to log in with a password");
+    return replayLoginMechanism(auth, "AUTH ");
   }
 
   State state_ = State::Greeting;
