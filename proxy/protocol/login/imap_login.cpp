@@ -168,15 +168,21 @@ private:
     std::string_view text = chomp(line);
     if (!continuing_) {
       words_.wipe();
+      commandBytes_ = 0;
     }
     continuing_ = false;
+    // A whole command, literals included, is bounded like a line: nothing before login needs
+    // more, and literal after literal would otherwise grow without end.
+    commandBytes_ += text.size();
     LiteralSpec literal;
     switch (tokenise(text, words_, literal)) {
     case Tokenised::Bad:
       finish(out, "BAD Invalid arguments");
       return;
     case Tokenised::Literal:
-      if (words_.items.size() < 2 || literal.size > policy_.maxLineLength) {
+      commandBytes_ += literal.size;
+      if (words_.items.size() < 2 || commandBytes_ > policy_.maxLineLength ||
+          words_.items.size() > kMaxWords) {
         // A literal postern will not take: its bytes would be read as commands.
         out.toClient += "* BYE Literal too large or misplaced\r\n";
         out.close = true;
@@ -194,6 +200,12 @@ private:
       return;
     case Tokenised::Complete:
       break;
+    }
+    if (commandBytes_ > policy_.maxLineLength || words_.items.size() > kMaxWords) {
+      out.toClient += "* BYE Command too long\r\n";
+      out.close = true;
+      words_.wipe();
+      return;
     }
     if (words_.items.empty()) {
       out.toClient += "* BAD Empty command line\r\n";
@@ -334,7 +346,9 @@ private:
     captured(std::move(credentials), out);
   }
 
+  static constexpr std::size_t kMaxWords = 64;
   Words words_;
+  std::size_t commandBytes_ = 0;
   bool continuing_ = false;
   std::size_t literalLeft_ = 0;
   std::string literal_;

@@ -30,7 +30,18 @@ public:
       return;
     }
     client_.append(data);
+    processClient(out);
+  }
+
+  // The client's buffered lines, as far as they can go now.
+  void processClient(Output& out) {
     while (!relay_ && !out.close && !out.startTls && !startTlsWaiting_) {
+      if (sasl_ && !saslTurn_ && !client_.empty()) {
+        // After AUTH a line is SASL data only once the server asked for it (334); until its
+        // reply the next lines wait. (Forwarded blindly, a line pipelined after an AUTH the
+        // server refuses would run as a command there: XCLIENT from the client, say.)
+        break;
+      }
       if (dataPending_ && !client_.empty()) {
         // RFC 2920: DATA ends a pipelined group; anything before the 354 would be read by the
         // backend as commands while postern took it for the message (a desynchronisation).
@@ -54,7 +65,8 @@ public:
         break;
       }
       if (sasl_) {
-        out.toBackend += *line; // a SASL response line, not a command
+        out.toBackend += *line; // the SASL response the server asked for, not a command
+        saslTurn_ = false;
         continue;
       }
       command(*line, out);
@@ -88,6 +100,11 @@ public:
       reply_.clear();
     }
     backend_.compact();
+    if (resumeClient_) {
+      // The server answered an AUTH step: client lines held for it can go on now.
+      resumeClient_ = false;
+      processClient(out);
+    }
   }
 
   void tlsStarted(Output&) override {
@@ -153,6 +170,10 @@ private:
       return;
     }
     if (equalsNoCase(verb, "AUTH")) {
+      if (authenticated_) {
+        local("503 5.5.1 Error: already authenticated\r\n", out);
+        return;
+      }
       if (!policy_.allowAuth) {
         local("503 5.5.1 Error: authentication not enabled\r\n", out);
         return;
@@ -275,10 +296,13 @@ private:
       break;
     case Kind::Auth:
       appendReply(out);
+      resumeClient_ = true;
       if (code == "334") {
-        return; // the exchange goes on; the client's next line is SASL data
+        saslTurn_ = true; // the exchange goes on; the client's next line is SASL data
+        return;
       }
       sasl_ = false;
+      saslTurn_ = false;
       pending_.pop_front();
       if (code == "235") {
         out.events.push_back({Event::Authenticated});
@@ -372,6 +396,8 @@ private:
   static constexpr std::size_t kMaxPending = 1000;
   static constexpr std::size_t kMaxReplyLines = 1000;
   bool sasl_ = false;
+  bool saslTurn_ = false;     // the server asked (334) for the client's next SASL line
+  bool resumeClient_ = false; // an AUTH step was answered: process held client lines
   bool body_ = false;
   bool bodyCr_ = false;
   bool dataPending_ = false;

@@ -341,6 +341,23 @@ TEST(ImapLogin, LocalCommandsAndBadInput) {
   EXPECT_EQ(long_.toClient, "* BYE Line too long\r\n");
 }
 
+TEST(ImapLogin, ACommandIsBoundedLiteralsIncluded) {
+  Front f = imap(config::TlsMode::Implicit);
+  f.greet();
+  Said s = f.client("a NOOP {3000+}\r\n" + std::string(3000, 'x') + " {3000+}\r\n");
+  EXPECT_TRUE(s.close); // 6000 bytes of literals in one command: over max_line_length (4096)
+  EXPECT_EQ(s.toClient, "* BYE Literal too large or misplaced\r\n");
+  Front g = imap(config::TlsMode::Implicit);
+  g.greet();
+  std::string many = "a ID (";
+  for (int i = 0; i < 70; ++i) {
+    many += "\"k\" ";
+  }
+  Said t = g.client(many + ")\r\n");
+  EXPECT_TRUE(t.close);
+  EXPECT_EQ(t.toClient, "* BYE Command too long\r\n");
+}
+
 TEST(ImapLogin, StartTlsInjectionClosesTheSession) {
   Front f = imap();
   f.greet();

@@ -249,3 +249,45 @@ TEST(SmtpFilter, SplitAnywhereGivesTheSameResult) {
 
 } // namespace
 } // namespace protocol
+
+namespace protocol {
+namespace {
+
+// A line pipelined after AUTH is SASL data only once the server asked for it with 334; after a
+// refusal it is a command again, and XCLIENT from a client never reaches the server.
+TEST(SmtpFilter, LinesAfterAuthWaitForTheServersAnswer) {
+  Policy plain = testing::starttlsPolicy(false);
+  plain.listenerTls = config::TlsMode::Implicit;
+  testing::Driver d(makeSmtpFilter(plain));
+  d.backend("220 mx ESMTP\r\n");
+  d.client("EHLO c\r\n");
+  d.backend("250-mx\r\n250 AUTH PLAIN\r\n");
+  auto sent = d.client("AUTH FOO\r\nXCLIENT ADDR=10.66.66.66\r\n");
+  EXPECT_EQ(sent.toBackend, "AUTH FOO\r\n");
+  auto after = d.backend("504 5.5.4 Unsupported mechanism\r\n");
+  EXPECT_EQ(after.toClient, "504 5.5.4 Unsupported mechanism\r\n550 5.7.1 Error: not permitted\r\n");
+  EXPECT_EQ(after.toBackend, "");
+  // A real exchange: the response goes once the server asked for it.
+  EXPECT_EQ(d.client("AUTH PLAIN\r\nAGEAYg==\r\n").toBackend, "AUTH PLAIN\r\n");
+  EXPECT_EQ(d.backend("334 \r\n").toBackend, "AGEAYg==\r\n");
+  auto done = d.client("XCLIENT ADDR=10.66.66.66\r\n");
+  EXPECT_EQ(done.toBackend, ""); // still waiting for the verdict
+  auto ok = d.backend("235 2.7.0 Authentication successful\r\n");
+  EXPECT_EQ(ok.toClient, "235 2.7.0 Authentication successful\r\n550 5.7.1 Error: not permitted\r\n");
+  EXPECT_EQ(ok.toBackend, "");
+  auto again = d.client("AUTH PLAIN AGEAYg==\r\n");
+  EXPECT_EQ(again.toClient, "503 5.5.1 Error: already authenticated\r\n");
+  EXPECT_EQ(again.toBackend, "");
+}
+
+TEST(SmtpFilter, AfterLoginModeAuthIsAnsweredByPostern) {
+  Policy policy = testing::starttlsPolicy(false);
+  policy.listenerTls = config::TlsMode::Implicit;
+  testing::Driver d(makeSmtpFilterAfterLogin(policy));
+  auto out = d.client("AUTH PLAIN\r\nMAIL FROM:<a@b>\r\n");
+  EXPECT_EQ(out.toClient, "503 5.5.1 Error: already authenticated\r\n");
+  EXPECT_EQ(out.toBackend, "MAIL FROM:<a@b>\r\n");
+}
+
+} // namespace
+} // namespace protocol
