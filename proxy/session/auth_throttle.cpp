@@ -1,14 +1,18 @@
 // Authentication failure counting (SPEC §8).
 #include "proxy/session/auth_throttle.h"
 
+#include <algorithm>
+#include <functional>
+
 namespace session {
 
 namespace {
 
-// Keys: "a|<address>" and "u|<address>|<user>".
+// Keys: "a|<address>" and "u|<address>|<hash of the user>" (a user name may be kilobytes long;
+// a collision only shares a count).
 std::string addressKey(const std::string& address) { return "a|" + address; }
 std::string userKey(const std::string& address, const std::string& user) {
-  return "u|" + address + "|" + user;
+  return "u|" + address + "|" + std::to_string(std::hash<std::string>{}(user));
 }
 
 constexpr std::size_t kMaxTracked = 200000; // bounded memory under a spray of addresses
@@ -43,41 +47,35 @@ std::chrono::milliseconds AuthThrottle::delayFor(std::uint32_t failures,
   return std::chrono::milliseconds(delay);
 }
 
-AuthThrottle::Decision AuthThrottle::check(const std::string& address, const std::string& user,
-                                           std::uint64_t nowMs) {
-  std::lock_guard lock(mutex_);
-  Decision decision;
-  auto byAddress = counts_.find(addressKey(address));
-  if (byAddress != counts_.end()) {
-    Count& count = byAddress->second;
-    if (count.blockedUntil > nowMs) {
-      decision.blocked = true;
-      return decision;
-    }
-    decision.delay = delayFor(nowMs - count.since < window_ ? count.failures : 0, beforeDelay_ * 4);
-  }
-  auto byUser = counts_.find(userKey(address, user));
-  if (byUser != counts_.end() && nowMs - byUser->second.since < window_) {
-    decision.delay = std::max(decision.delay, delayFor(byUser->second.failures, beforeDelay_));
-  }
-  return decision;
-}
-
-void AuthThrottle::failed(const std::string& address, const std::string& user,
-                          std::uint64_t nowMs) {
+AuthThrottle::Decision AuthThrottle::attempt(const std::string& address, const std::string& user,
+                                             std::uint64_t nowMs) {
   std::lock_guard lock(mutex_);
   prune(nowMs);
+  Decision decision;
   Count& byAddress = at(addressKey(address), nowMs);
+  if (byAddress.blockedUntil > nowMs) {
+    decision.blocked = true;
+    return decision;
+  }
+  Count& byUser = at(userKey(address, user), nowMs);
+  decision.delay = std::max(delayFor(byAddress.failures, beforeDelay_ * 4),
+                            delayFor(byUser.failures, beforeDelay_));
+  ++byUser.failures;
   ++byAddress.failures;
-  if (beforeBlock_ > 0 && byAddress.failures >= beforeBlock_ && byAddress.blockedUntil <= nowMs) {
+  if (beforeBlock_ > 0 && byAddress.failures >= beforeBlock_) {
     byAddress.blockedUntil = nowMs + block_;
   }
-  ++at(userKey(address, user), nowMs).failures;
+  return decision;
 }
 
 void AuthThrottle::succeeded(const std::string& address, const std::string& user) {
   std::lock_guard lock(mutex_);
   counts_.erase(userKey(address, user));
+  auto byAddress = counts_.find(addressKey(address));
+  if (byAddress != counts_.end() && byAddress->second.failures > 0 &&
+      byAddress->second.blockedUntil == 0) {
+    --byAddress->second.failures;
+  }
 }
 
 std::size_t AuthThrottle::tracked() {

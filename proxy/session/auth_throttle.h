@@ -1,8 +1,9 @@
 // Abuse control for login mode (SPEC §8): authentication failures counted per client address
 // (IPv6 by /64) and per address+user within a window; past a threshold each attempt waits a
 // doubling delay, and an address with too many failures is refused for a while. Failures only:
-// a success clears that address+user. Pure (the caller passes the clock) and thread-safe
-// (workers share one per listener).
+// an attempt counts as a failure when it starts (so parallel attempts cannot all slip under the
+// threshold together) and is refunded when the server accepts it. Pure (the caller passes the
+// clock) and thread-safe (workers share one per listener).
 #pragma once
 
 #include "config/model.h"
@@ -20,12 +21,12 @@ public:
   explicit AuthThrottle(const config::Limits& limits);
 
   struct Decision {
-    bool blocked = false;
-    std::chrono::milliseconds delay{0};
+    bool blocked = false;              // refuse it (not counted)
+    std::chrono::milliseconds delay{0}; // wait this long before replaying it
   };
-  // Before replaying an attempt from `address` (already /64-reduced for IPv6) for `user`.
-  Decision check(const std::string& address, const std::string& user, std::uint64_t nowMs);
-  void failed(const std::string& address, const std::string& user, std::uint64_t nowMs);
+  // An attempt from `address` (already /64-reduced for IPv6) for `user` is about to be made.
+  Decision attempt(const std::string& address, const std::string& user, std::uint64_t nowMs);
+  // The server accepted it: not a failure after all.
   void succeeded(const std::string& address, const std::string& user);
   std::size_t tracked();
 

@@ -89,7 +89,17 @@ void Session::begin() {
     sockaddr_storage network = clientPeer_;
     if (network.ss_family == AF_INET6) {
       auto* v6 = reinterpret_cast<sockaddr_in6*>(&network);
-      std::memset(&v6->sin6_addr.s6_addr[8], 0, 8);
+      if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) {
+        // ::ffff:a.b.c.d (a PROXY header may carry IPv4 clients so) is an IPv4 client: keyed
+        // by its own address, never by the /64 all IPv4 addresses share.
+        sockaddr_in v4{};
+        v4.sin_family = AF_INET;
+        std::memcpy(&v4.sin_addr, &v6->sin6_addr.s6_addr[12], 4);
+        network = sockaddr_storage{};
+        std::memcpy(&network, &v4, sizeof v4);
+      } else {
+        std::memset(&v6->sin6_addr.s6_addr[8], 0, 8);
+      }
     }
     std::string text = net::formatAddress(network);
     throttleAddress_ = text.substr(0, text.rfind(':'));
@@ -254,6 +264,10 @@ void Session::releaseBackend() {
 // A connect, TLS or greeting failure before anything reached the client: try another server
 // while `retries` allows (SPEC §7), otherwise tell the client the service is unavailable.
 void Session::backendFailed(metrics::BackendError reason, const std::string& detail) {
+  if (replay_ != nullptr && replay_->credentialsSent()) {
+    loginUnavailable(reason, detail);
+    return;
+  }
   logging::warn("backend failed", {{"listener", listener_.config.name},
                                    {"backend", listener_.pool->config().name},
                                    {"server", server_ != nullptr ? server_->name : "-"},
@@ -928,9 +942,22 @@ void Session::credentialsCaptured(protocol::Credentials credentials, std::string
   authMechanism_ = credentials.mechanism;
   clientHelo_ = std::move(helo);
   AuthThrottle::Decision decision =
-      listener_.authThrottle->check(throttleAddress_, throttleUser(), timer_->now());
+      listener_.authThrottle->attempt(throttleAddress_, throttleUser(), timer_->now());
   if (decision.blocked) {
     listener_.metrics.auth(authMechanism_, metrics::AuthResult::Throttled);
+    credentials.clear();
+    if (++throttledAttempts_ >= kMaxThrottledAttempts) {
+      // A client that keeps trying while refused gets its refusal and the door.
+      logging::warn("authentication throttled; closing",
+                    {{"listener", listener_.config.name}, {"client", clientAddress_},
+                     {"user", user_}});
+      login_->throttled(loginOutput_);
+      std::string reply = loginOutput_.toClient.substr(0, loginOutput_.toClient.find('\n') + 1);
+      loginOutput_.reset(); // (anything pipelined after it, credentials too, is dropped)
+      client_->write(reply);
+      close(metrics::CloseReason::ProtocolError);
+      return;
+    }
     logging::warn("authentication throttled", {{"listener", listener_.config.name},
                                                {"client", clientAddress_},
                                                {"user", user_}});
@@ -1016,7 +1043,7 @@ void Session::replayStep(protocol::LoginReplay::Result result) {
 
 void Session::loginAccepted(std::string verdict) {
   listener_.metrics.auth(authMechanism_, metrics::AuthResult::Ok);
-  listener_.authThrottle->succeeded(throttleAddress_, throttleUser());
+  listener_.authThrottle->succeeded(throttleAddress_, throttleUser()); // not a failure after all
   credentials_.reset();
   replay_.reset();
   std::string rest = login_->acceptedRest();
@@ -1032,8 +1059,9 @@ void Session::loginAccepted(std::string verdict) {
     // SMTP stays parsed after authentication, as in passthrough: XCLIENT/XFORWARD from a
     // client must never reach a server that trusts postern.
     protocol::Policy policy;
-    policy.listenerTls =
-        clientTls_ != nullptr ? config::TlsMode::Implicit : listener_.config.tls;
+    // With TLS the filter treats the session as TLS; without, STARTTLS is no longer postern's
+    // to answer (nor to offer) once the session is authenticated.
+    policy.listenerTls = clientTls_ != nullptr ? config::TlsMode::Implicit : config::TlsMode::None;
     policy.requireTls = listener_.config.require_tls;
     policy.allowAuth = listener_.config.allow_auth;
     policy.maxLineLength = listener_.config.limits.max_line_length;
@@ -1049,8 +1077,7 @@ void Session::loginAccepted(std::string verdict) {
 }
 
 void Session::loginRejected(std::string verdict) {
-  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed);
-  listener_.authThrottle->failed(throttleAddress_, throttleUser(), timer_->now());
+  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed); // (counted at attempt())
   logging::info("authentication failed", {{"listener", listener_.config.name},
                                           {"client", clientAddress_},
                                           {"user", user_},
@@ -1066,6 +1093,36 @@ void Session::loginRejected(std::string verdict) {
   }
   armTimer();
   login_->rejected(loginOutput_);
+  applyLogin();
+  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+    client_->startReading();
+  }
+}
+
+// The server failed after the credentials went out (closed, timed out, misbehaved): the
+// attempt ends here with a temporary failure. Never replayed at another server: whoever
+// guesses passwords gets one try per attempt, and it was counted as one.
+void Session::loginUnavailable(metrics::BackendError reason, const std::string& detail) {
+  logging::warn("backend failed during login", {{"listener", listener_.config.name},
+                                                {"client", clientAddress_},
+                                                {"user", user_},
+                                                {"server", server_ != nullptr ? server_->name : "-"},
+                                                {"reason", metrics::toString(reason)},
+                                                {"error", detail}});
+  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed);
+  if (server_ != nullptr) {
+    server_->metrics.error(reason);
+    if (reason != metrics::BackendError::Timeout) {
+      // A server that dies mid-login is unhealthy; one slow to judge a password is not.
+      listener_.pool->report(*server_, false, false, metrics::toString(reason));
+    }
+  }
+  credentials_.reset();
+  releaseBackend();
+  tried_.clear();
+  phase_ = Phase::Login;
+  armTimer();
+  login_->unavailable(loginOutput_);
   applyLogin();
   if (phase_ == Phase::Login && !credentials_ && !delaying_) {
     client_->startReading();

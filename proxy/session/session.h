@@ -151,6 +151,7 @@ private:
   void replayStep(protocol::LoginReplay::Result result);
   void loginAccepted(std::string verdict);
   void loginRejected(std::string verdict);
+  void loginUnavailable(metrics::BackendError reason, const std::string& detail);
   std::string throttleUser() const;
 
   SessionOwner& owner_;
@@ -207,6 +208,9 @@ private:
   std::string throttleAddress_;   // the client address the throttle counts (IPv6: its /64)
   const char* authMechanism_ = "none";
   bool delaying_ = false;         // a throttled attempt waits on the timer
+  // Attempts refused by the throttle in this session; at the limit the session is closed.
+  int throttledAttempts_ = 0;
+  static constexpr int kMaxThrottledAttempts = 3;
 };
 
 } // namespace session

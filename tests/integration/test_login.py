@@ -19,6 +19,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fakes  # noqa: E402
 import harness  # noqa: E402
 import pki as pki_module  # noqa: E402
 from harness import DOMAIN, PASSWORD, USER  # noqa: E402
@@ -425,6 +426,62 @@ class AddressForwarding(unittest.TestCase):
         self.assertTrue(harness.wait_until(lambda: re.search(
             r"pop3-login: Info: Login: user=<alice>.*rip=127\.0\.0\.12",
             harness.read_tail(servers.dovecot_log, 200)), timeout=10))
+
+
+class ServerDiesDuringLogin(unittest.TestCase):
+    """A server that fails after the password reached it: the attempt ends with a temporary
+    failure, counted as a failure, and the password is never replayed at another server."""
+
+    def test_no_second_server_sees_the_password(self):
+        passes = []
+
+        def dies_at_pass(conn):
+            conn.sendall(b"+OK fake ready\r\n")
+            conn.settimeout(30)
+            buffer = b""
+            while True:
+                while b"\n" not in buffer:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                line, buffer = buffer.split(b"\n", 1)
+                verb = line.split(b" ")[0].strip().upper()
+                if verb == b"CAPA":
+                    conn.sendall(b"+OK\r\nUSER\r\n.\r\n")
+                elif verb == b"USER":
+                    conn.sendall(b"+OK\r\n")
+                elif verb == b"PASS":
+                    passes.append(line)
+                    conn.close()
+                    return
+                else:
+                    conn.sendall(b"+OK bye\r\n")
+                    conn.close()
+                    return
+
+        a, b = fakes.FakeBackend(dies_at_pass), fakes.FakeBackend(dies_at_pass)
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        config = (f'[metrics]\nlisten = "127.0.0.1:0"\n'
+                  '[[listener]]\nname = "pop3"\nprotocol = "pop3"\nlisten = "127.0.0.1:0"\n'
+                  'mode = "login"\nbackend = "fakes"\n'
+                  f'[[backend]]\nname = "fakes"\nservers = ["127.0.0.1:{a.port}", '
+                  f'"127.0.0.1:{b.port}"]\nretries = 2\n')
+        postern = harness.Postern(config)
+        self.addCleanup(postern.cleanup)
+        postern.start()
+        c = Raw(postern.address("pop3"))
+        c.line()
+        c.send(f"USER {USER}\r\nPASS guess-1\r\n")
+        self.assertEqual(c.line(), "+OK")
+        self.assertEqual(c.line(), "-ERR [SYS/TEMP] Authentication temporarily unavailable")
+        c.send("CAPA\r\n")  # the session goes on
+        self.assertTrue(c.line().startswith("+OK"))
+        c.close()
+        self.assertEqual(len(passes), 1, passes)
+        self.assertEqual(postern.metric("postern_auth_total", listener="pop3", mechanism="user",
+                                        result="failed"), 1)
 
 
 class LoginWithoutPlain(unittest.TestCase):

@@ -108,11 +108,6 @@ public:
     out.toClient += "* OK [CAPABILITY " + capabilities() + "] postern ready.\r\n";
   }
 
-  void throttled(LoginOutput& out) override {
-    out.toClient += pendingTag_ + " NO [UNAVAILABLE] Too many failed logins, try again later\r\n";
-    waiting_ = false;
-    run(out);
-  }
 
 private:
   std::string capabilities() const {
@@ -163,6 +158,12 @@ private:
   }
 
   void lineTooLong(LoginOutput& out) override { out.toClient += "* BYE Line too long\r\n"; }
+  std::string throttledReply() const override {
+    return pendingTag_ + " NO [UNAVAILABLE] Too many failed logins, try again later\r\n";
+  }
+  std::string unavailableReply() const override {
+    return pendingTag_ + " NO [UNAVAILABLE] Authentication temporarily unavailable\r\n";
+  }
 
   void line(std::string_view line, LoginOutput& out) override {
     std::string_view text = chomp(line);
@@ -463,7 +464,7 @@ private:
     }
     if (!hasCapability(capabilities_, "LOGINDISABLED") && credentials_.authzid.empty() &&
         quotable(credentials_.user) && quotable(credentials_.secret)) {
-      return send(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
+      return sendSecret(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
                   quoted(credentials_.secret) + "\r\n");
     }
     return replayLoginMechanism(mechanisms, prefix);

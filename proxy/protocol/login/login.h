@@ -54,6 +54,9 @@ public:
   virtual void rejected(LoginOutput& out) = 0;
   // The attempt is refused before any backend saw it (too many failures from this client).
   virtual void throttled(LoginOutput& out) = 0;
+  // The attempt reached a server that then failed (closed, timed out, misbehaved) before its
+  // verdict: a temporary failure; never retried elsewhere with the same credentials.
+  virtual void unavailable(LoginOutput& out) = 0;
   // The backend accepted: what the client sent after its credentials, for the backend.
   virtual std::string acceptedRest() = 0;
 };
@@ -87,6 +90,8 @@ public:
   // With a greeting read already: the first command. Otherwise NeedMore.
   virtual Result start() = 0;
   virtual Result fromBackend(std::span<const char> data) = 0;
+  // Whether anything carrying the credentials went to the server.
+  virtual bool credentialsSent() const = 0;
 };
 
 std::unique_ptr<LoginDialogue> makeImapLogin(const Policy& policy, BackendOffer offer);

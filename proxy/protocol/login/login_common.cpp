@@ -217,10 +217,10 @@ LoginReplay::Result LineReplay::saslCommand(std::string prefix, const char* mech
   if (initialResponse) {
     std::string command = prefix + mechanism + " " + (encoded.empty() ? "=" : encoded) + "\r\n";
     wipe(encoded);
-    return send(std::move(command));
+    return sendSecret(std::move(command));
   }
   responses_.push_back(std::move(encoded));
-  return send(prefix + mechanism + "\r\n");
+  return sendSecret(prefix + mechanism + "\r\n");
 }
 
 std::optional<LoginReplay::Result>
@@ -253,7 +253,7 @@ LoginReplay::Result LineReplay::replayLoginMechanism(const std::vector<std::stri
   if (hasMechanism(mechanisms, "LOGIN") && credentials_.authzid.empty()) {
     responses_.push_back(encodeBase64(credentials_.user));
     responses_.push_back(encodeBase64(credentials_.secret));
-    return send(prefix + "LOGIN\r\n");
+    return sendSecret(prefix + "LOGIN\r\n");
   }
   return failed("the server offers no way to log in with a password");
 }

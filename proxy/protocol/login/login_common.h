@@ -25,6 +25,8 @@ public:
     waiting_ = false;
     run(out);
   }
+  void throttled(LoginOutput& out) override { refuseAttempt(throttledReply(), out); }
+  void unavailable(LoginOutput& out) override { refuseAttempt(unavailableReply(), out); }
   std::string acceptedRest() override {
     waiting_ = false;
     return reader_.takeAll();
@@ -40,6 +42,15 @@ protected:
   // Raw bytes the dialogue asked for (IMAP literals); returns false when it wants none.
   virtual bool takeRaw(LoginOutput&) { return false; }
   virtual void lineTooLong(LoginOutput& out) = 0;
+  virtual std::string throttledReply() const = 0;
+  virtual std::string unavailableReply() const = 0;
+
+  // An attempt postern answers itself; the dialogue goes on with what the client sent next.
+  void refuseAttempt(std::string reply, LoginOutput& out) {
+    out.toClient += reply;
+    waiting_ = false;
+    run(out);
+  }
   virtual void afterTls(LoginOutput&) {}
 
   // Authentication is allowed now (TLS policy): STARTTLS before it where TLS is required.
@@ -161,6 +172,7 @@ protected:
 class LineReplay : public LoginReplay {
 public:
   Result fromBackend(std::span<const char> data) override;
+  bool credentialsSent() const override { return secretSent_; }
   ~LineReplay() override;
   LineReplay(Credentials credentials, ReplayContext context)
       : credentials_(std::move(credentials)), context_(std::move(context)) {}
@@ -171,6 +183,11 @@ protected:
 
   static Result failed(std::string reason);
   static Result send(std::string text);
+  // A command that carries the credentials (or starts their exchange).
+  Result sendSecret(std::string text) {
+    secretSent_ = true;
+    return send(std::move(text));
+  }
   // The server's verdict: what was collected for the client, then its last line.
   Result verdict(bool accepted, std::string_view last);
   // The answer to a server challenge: the next queued response, or the end of an error
@@ -196,6 +213,7 @@ protected:
   std::vector<std::string> responses_; // base64 responses still to send (secrets)
   std::size_t next_ = 0;
   std::string verdict_;
+  bool secretSent_ = false;
 };
 
 // Case-insensitive membership of a capability word ("AUTH=PLAIN", "SASL-IR").

@@ -20,16 +20,17 @@ public:
 
   void greet(LoginOutput& out) override { out.toClient += "+OK postern ready.\r\n"; }
 
-  void throttled(LoginOutput& out) override {
-    out.toClient += "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n";
-    waiting_ = false;
-    run(out);
-  }
 
 private:
   void afterTls(LoginOutput&) override { protocol::wipe(user_); } // learned before TLS
 
   void lineTooLong(LoginOutput& out) override { out.toClient += "-ERR Line too long\r\n"; }
+  std::string throttledReply() const override {
+    return "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n";
+  }
+  std::string unavailableReply() const override {
+    return "-ERR [SYS/TEMP] Authentication temporarily unavailable\r\n";
+  }
 
   std::string capabilities() const {
     std::string out = "+OK Capability list follows\r\n";
@@ -197,8 +198,7 @@ private:
     case State::User:
       if (text.starts_with("+OK")) {
         state_ = State::Auth;
-        std::string command = "PASS " + credentials_.secret + "\r\n";
-        return send(std::move(command));
+        return sendSecret("PASS " + credentials_.secret + "\r\n");
       }
       return verdict(false, raw);
     case State::Auth:

@@ -13,9 +13,9 @@
 namespace protocol {
 
 void wipe(std::string& secret) {
-  if (!secret.empty()) {
-    explicit_bzero(secret.data(), secret.size());
-  }
+  // The whole buffer, not just the current size: a short string lives inside the object, and
+  // what a move or a shorter assignment left behind is still there.
+  explicit_bzero(secret.data(), secret.capacity());
   secret.clear();
 }
 
@@ -270,6 +270,11 @@ std::optional<Credentials> parseOAuthBearer(std::string_view message) {
     message.remove_prefix(end == std::string_view::npos ? message.size() : end + 1);
   }
   if (!token) {
+    return std::nullopt;
+  }
+  if (user.empty()) {
+    // RFC 7628 lets the authorisation identity out; postern routes and throttles by user, so
+    // it asks for one (the client's NO says the data was not acceptable).
     return std::nullopt;
   }
   Credentials credentials;

@@ -28,16 +28,17 @@ public:
     out.toClient += "220 " + policy_.hostname + " ESMTP postern\r\n";
   }
 
-  void throttled(LoginOutput& out) override {
-    out.toClient += "454 4.7.0 Too many failed logins, try again later\r\n";
-    waiting_ = false;
-    run(out);
-  }
 
 private:
   void afterTls(LoginOutput&) override { helo_.clear(); } // RFC 3207 §4.2: greet again
 
   void lineTooLong(LoginOutput& out) override { out.toClient += "500 5.5.2 Line too long\r\n"; }
+  std::string throttledReply() const override {
+    return "454 4.7.0 Too many failed logins, try again later\r\n";
+  }
+  std::string unavailableReply() const override {
+    return "454 4.7.0 Temporary authentication failure\r\n";
+  }
 
   std::string ehloReply() const {
     std::vector<std::string> lines;
@@ -122,6 +123,10 @@ private:
     }
     if (helo_.empty()) {
       out.toClient += "503 5.5.1 Error: send EHLO first\r\n";
+      return;
+    }
+    if (name.empty()) {
+      out.toClient += "501 5.5.4 Syntax: AUTH mechanism\r\n";
       return;
     }
     startSasl(name, given(initial), out);

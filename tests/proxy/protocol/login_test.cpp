@@ -63,6 +63,8 @@ TEST(Sasl, XOAuth2AndOAuthBearer) {
   EXPECT_EQ(back->secret, "t0k");
   EXPECT_FALSE(parseOAuthBearer("p=tls-unique,,\x01" "auth=Bearer t\x01\x01"));
   EXPECT_FALSE(parseOAuthBearer("n,,\x01host=h\x01\x01")); // no token
+  // No authorisation identity: postern routes and throttles by user, so it is refused.
+  EXPECT_FALSE(parseOAuthBearer("n,,\x01" "auth=Bearer t\x01\x01"));
 }
 
 TEST(Sasl, CaptureLoginAsksForUserThenPassword) {
@@ -495,6 +497,7 @@ TEST(SmtpLogin, AuthLoginAndErrors) {
   EXPECT_EQ(f.client("XCLIENT ADDR=1.2.3.4\r\n").toClient,
             "502 5.5.2 Error: command not recognized\r\n");
   EXPECT_EQ(f.throttled().toClient, "454 4.7.0 Too many failed logins, try again later\r\n");
+  EXPECT_EQ(f.client("AUTH\r\n").toClient, "501 5.5.4 Syntax: AUTH mechanism\r\n");
   Said bye = f.client("QUIT\r\n");
   EXPECT_TRUE(bye.quit);
   EXPECT_EQ(bye.toClient, "221 2.0.0 Bye\r\n");
