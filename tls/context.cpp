@@ -290,8 +290,7 @@ struct ServerContext::Impl {
         OSSL_PARAM_construct_end()};
     // Fetched once: naming the cipher on every handshake costs OpenSSL 3 a provider lookup.
     static EVP_CIPHER* const aes = EVP_CIPHER_fetch(nullptr, "AES-256-CBC", nullptr);
-    if (aes == nullptr ||
-        EVP_CipherInit_ex(cipher, aes, nullptr, key.aes, iv, encrypt) != 1 ||
+    if (aes == nullptr || EVP_CipherInit_ex(cipher, aes, nullptr, key.aes, iv, encrypt) != 1 ||
         EVP_MAC_CTX_set_params(mac, params) != 1) {
       OPENSSL_cleanse(&key, sizeof key);
       return -1;

@@ -21,7 +21,7 @@ public:
   explicit AuthThrottle(const config::Limits& limits);
 
   struct Decision {
-    bool blocked = false;              // refuse it (not counted)
+    bool blocked = false;               // refuse it (not counted)
     std::chrono::milliseconds delay{0}; // wait this long before replaying it
   };
   // An attempt from `address` (already /64-reduced for IPv6) for `user` is about to be made.

@@ -85,6 +85,7 @@ void Session::begin() {
   }
   limitKey_ = std::move(address);
   if (loginMode()) {
+    login_ = std::make_unique<LoginState>();
     // SPEC §8: failures count per address, and an IPv6 client per /64 (one host's range).
     sockaddr_storage network = clientPeer_;
     if (network.ss_family == AF_INET6) {
@@ -102,7 +103,7 @@ void Session::begin() {
       }
     }
     std::string text = net::formatAddress(network);
-    throttleAddress_ = text.substr(0, text.rfind(':'));
+    login_->throttleAddress = text.substr(0, text.rfind(':'));
   }
   accepted_ = true;
   listener_.metrics.accepted();
@@ -183,8 +184,8 @@ void Session::onClientSecured() {
       filter_->tlsStarted(output_);
       apply(output_);
     }
-    if (login_ != nullptr) {
-      login_->tlsStarted(loginOutput_);
+    if (login_ != nullptr && login_->dialogue != nullptr) {
+      login_->dialogue->tlsStarted(login_->output);
       applyLogin();
     }
     return;
@@ -254,7 +255,9 @@ void Session::releaseBackend() {
   backendTls_ = nullptr;
   backendUpgrade_.reset();
   xclient_.reset();
-  replay_.reset();
+  if (login_ != nullptr) {
+    login_->replay.reset();
+  }
   if (server_ != nullptr) {
     listener_.pool->release(*server_);
     server_ = nullptr;
@@ -264,7 +267,7 @@ void Session::releaseBackend() {
 // A connect, TLS or greeting failure before anything reached the client: try another server
 // while `retries` allows (SPEC §7), otherwise tell the client the service is unavailable.
 void Session::backendFailed(metrics::BackendError reason, const std::string& detail) {
-  if (replay_ != nullptr && replay_->credentialsSent()) {
+  if (login_ != nullptr && login_->replay != nullptr && login_->replay->credentialsSent()) {
     loginUnavailable(reason, detail);
     return;
   }
@@ -376,14 +379,14 @@ void Session::onBackendRead(std::span<const char> data) {
       xclientStep(xclient_->fromBackend(data));
       return;
     }
-    if (replay_ != nullptr) {
-      replayStep(replay_->fromBackend(data));
+    if (login_ != nullptr && login_->replay != nullptr) {
+      replayStep(login_->replay->fromBackend(data));
       return;
     }
     if (loginMode()) {
       startReplay(false);
-      if (replay_ != nullptr) {
-        replayStep(replay_->fromBackend(data));
+      if (login_->replay != nullptr) {
+        replayStep(login_->replay->fromBackend(data));
       }
       return;
     }
@@ -527,10 +530,10 @@ void Session::onClientRead(std::span<const char> data) {
     readProxyHeader(data);
     return;
   }
-  if (login_ != nullptr && phase_ != Phase::Closed) {
+  if (login_ != nullptr && login_->dialogue != nullptr && phase_ != Phase::Closed) {
     // postern's own dialogue; while a login is replayed the bytes wait in the dialogue.
     lastActivity_ = timer_->now();
-    login_->fromClient(data, loginOutput_);
+    login_->dialogue->fromClient(data, login_->output);
     applyLogin();
     return;
   }
@@ -635,7 +638,7 @@ void Session::upgradeClient() {
 }
 
 void Session::onClientDrained() {
-  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+  if (phase_ == Phase::Login && login_ != nullptr && !login_->credentials && !login_->delaying) {
     client_->startReading();
     return;
   }
@@ -755,13 +758,13 @@ void Session::onTimer() {
     handshakeFailed("timeout");
     return;
   case Phase::Connecting:
-    backendFailed(metrics::BackendError::Timeout, replay_ != nullptr
+    backendFailed(metrics::BackendError::Timeout, login_ != nullptr && login_->replay != nullptr
                                                       ? "no verdict within the login timeout"
                                                       : "no greeting within connect_timeout");
     return;
   case Phase::Login:
-    if (delaying_) {
-      delaying_ = false;
+    if (login_ != nullptr && login_->delaying) {
+      login_->delaying = false;
       routeLogin();
       return;
     }
@@ -841,8 +844,7 @@ void Session::close(metrics::CloseReason reason) {
     return;
   }
   listener_.metrics.closed(reason, seconds);
-  login_.reset();
-  credentials_.reset(); // wiped
+  login_.reset(); // the credentials, if any, are wiped
   if (!limitKey_.empty()) {
     listener_.clientLimits->leave(limitKey_, now);
   }
@@ -880,8 +882,8 @@ void Session::startLogin() {
   policy.maxLineLength = listener_.config.limits.max_line_length;
   policy.hostname = protocol::hostname();
   filter_.reset();
-  login_ = listener_.protocol->makeLogin(policy, {listener_.pool->commonCapabilities()});
-  login_->greet(loginOutput_);
+  login_->dialogue = listener_.protocol->makeLogin(policy, {listener_.pool->commonCapabilities()});
+  login_->dialogue->greet(login_->output);
   applyLogin();
   if (phase_ != Phase::Login) {
     return;
@@ -899,7 +901,7 @@ void Session::startLogin() {
 }
 
 void Session::applyLogin() {
-  protocol::LoginOutput& out = loginOutput_;
+  protocol::LoginOutput& out = login_->output;
   countEvents(out.events);
   int clientStatus = out.toClient.empty() ? 0 : client_->write(out.toClient);
   bool closeNow = out.close;
@@ -939,40 +941,40 @@ std::string Session::throttleUser() const {
 
 void Session::credentialsCaptured(protocol::Credentials credentials, std::string helo) {
   user_ = credentials.user;
-  authMechanism_ = credentials.mechanism;
-  clientHelo_ = std::move(helo);
+  login_->mechanism = credentials.mechanism;
+  login_->clientHelo = std::move(helo);
   AuthThrottle::Decision decision =
-      listener_.authThrottle->attempt(throttleAddress_, throttleUser(), timer_->now());
+      listener_.authThrottle->attempt(login_->throttleAddress, throttleUser(), timer_->now());
   if (decision.blocked) {
-    listener_.metrics.auth(authMechanism_, metrics::AuthResult::Throttled);
+    listener_.metrics.auth(login_->mechanism, metrics::AuthResult::Throttled);
     credentials.clear();
-    if (++throttledAttempts_ >= kMaxThrottledAttempts) {
+    if (++login_->throttledAttempts >= kMaxThrottledAttempts) {
       // A client that keeps trying while refused gets its refusal and the door.
-      logging::warn("authentication throttled; closing",
-                    {{"listener", listener_.config.name}, {"client", clientAddress_},
-                     {"user", user_}});
-      login_->throttled(loginOutput_);
-      std::string reply = loginOutput_.toClient.substr(0, loginOutput_.toClient.find('\n') + 1);
-      loginOutput_.reset(); // (anything pipelined after it, credentials too, is dropped)
+      logging::warn(
+          "authentication throttled; closing",
+          {{"listener", listener_.config.name}, {"client", clientAddress_}, {"user", user_}});
+      login_->dialogue->throttled(login_->output);
+      std::string reply = login_->output.toClient.substr(0, login_->output.toClient.find('\n') + 1);
+      login_->output.reset(); // (anything pipelined after it, credentials too, is dropped)
       client_->write(reply);
       close(metrics::CloseReason::ProtocolError);
       return;
     }
-    logging::warn("authentication throttled", {{"listener", listener_.config.name},
-                                               {"client", clientAddress_},
-                                               {"user", user_}});
-    login_->throttled(loginOutput_);
+    logging::warn(
+        "authentication throttled",
+        {{"listener", listener_.config.name}, {"client", clientAddress_}, {"user", user_}});
+    login_->dialogue->throttled(login_->output);
     applyLogin();
     return;
   }
-  credentials_ = std::move(credentials);
+  login_->credentials = std::move(credentials);
   client_->pauseReading();
   if (decision.delay.count() > 0) {
     logging::info("authentication delayed", {{"listener", listener_.config.name},
                                              {"client", clientAddress_},
                                              {"user", user_},
                                              {"delay_ms", std::to_string(decision.delay.count())}});
-    delaying_ = true;
+    login_->delaying = true;
     timer_->start(decision.delay);
     return;
   }
@@ -995,24 +997,24 @@ void Session::startReplay(bool greeted) {
   }
   context.clientPort = static_cast<unsigned>(std::stoul(peer.substr(colon + 1)));
   context.serverHost = server_->host;
-  context.serverPort = static_cast<unsigned>(std::stoul(
-      server_->addressText.substr(server_->addressText.rfind(':') + 1)));
+  context.serverPort = static_cast<unsigned>(
+      std::stoul(server_->addressText.substr(server_->addressText.rfind(':') + 1)));
   context.hostname = protocol::hostname();
-  context.clientHelo = clientHelo_;
+  context.clientHelo = login_->clientHelo;
   context.greeted = greeted;
   protocol::Credentials copy;
-  copy.kind = credentials_->kind;
-  copy.mechanism = credentials_->mechanism;
-  copy.user = credentials_->user;
-  copy.authzid = credentials_->authzid;
-  copy.secret = credentials_->secret;
-  copy.tag = credentials_->tag;
-  replay_ = listener_.protocol->makeReplay(std::move(copy), std::move(context));
+  copy.kind = login_->credentials->kind;
+  copy.mechanism = login_->credentials->mechanism;
+  copy.user = login_->credentials->user;
+  copy.authzid = login_->credentials->authzid;
+  copy.secret = login_->credentials->secret;
+  copy.tag = login_->credentials->tag;
+  login_->replay = listener_.protocol->makeReplay(std::move(copy), std::move(context));
   // The server may take its time to check a password (and delays failures on purpose).
   timer_->start(std::max<std::chrono::milliseconds>(listener_.pool->config().connect_timeout,
-                                                     std::chrono::seconds(30)));
+                                                    std::chrono::seconds(30)));
   if (greeted) {
-    replayStep(replay_->start());
+    replayStep(login_->replay->start());
   }
 }
 
@@ -1042,12 +1044,11 @@ void Session::replayStep(protocol::LoginReplay::Result result) {
 }
 
 void Session::loginAccepted(std::string verdict) {
-  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Ok);
-  listener_.authThrottle->succeeded(throttleAddress_, throttleUser()); // not a failure after all
-  credentials_.reset();
-  replay_.reset();
-  std::string rest = login_->acceptedRest();
-  login_.reset();
+  listener_.metrics.auth(login_->mechanism, metrics::AuthResult::Ok);
+  // Not a failure after all.
+  listener_.authThrottle->succeeded(login_->throttleAddress, throttleUser());
+  std::string rest = login_->dialogue->acceptedRest();
+  login_.reset(); // dialogue, replay and credentials (wiped): the session only relays now
   // The server's verdict, byte for byte.
   bytesOut_ += verdict.size();
   listener_.metrics.bytesToClient(verdict.size());
@@ -1077,12 +1078,12 @@ void Session::loginAccepted(std::string verdict) {
 }
 
 void Session::loginRejected(std::string verdict) {
-  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed); // (counted at attempt())
+  listener_.metrics.auth(login_->mechanism, metrics::AuthResult::Failed); // (counted at attempt())
   logging::info("authentication failed", {{"listener", listener_.config.name},
                                           {"client", clientAddress_},
                                           {"user", user_},
                                           {"server", server_ != nullptr ? server_->name : "-"}});
-  credentials_.reset();
+  login_->credentials.reset();
   // The server keeps nothing of a failed login; a retry is routed afresh (the user may change).
   releaseBackend();
   tried_.clear();
@@ -1092,9 +1093,9 @@ void Session::loginRejected(std::string verdict) {
     return;
   }
   armTimer();
-  login_->rejected(loginOutput_);
+  login_->dialogue->rejected(login_->output);
   applyLogin();
-  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+  if (phase_ == Phase::Login && !login_->credentials && !login_->delaying) {
     client_->startReading();
   }
 }
@@ -1103,13 +1104,14 @@ void Session::loginRejected(std::string verdict) {
 // attempt ends here with a temporary failure. Never replayed at another server: whoever
 // guesses passwords gets one try per attempt, and it was counted as one.
 void Session::loginUnavailable(metrics::BackendError reason, const std::string& detail) {
-  logging::warn("backend failed during login", {{"listener", listener_.config.name},
-                                                {"client", clientAddress_},
-                                                {"user", user_},
-                                                {"server", server_ != nullptr ? server_->name : "-"},
-                                                {"reason", metrics::toString(reason)},
-                                                {"error", detail}});
-  listener_.metrics.auth(authMechanism_, metrics::AuthResult::Failed);
+  logging::warn("backend failed during login",
+                {{"listener", listener_.config.name},
+                 {"client", clientAddress_},
+                 {"user", user_},
+                 {"server", server_ != nullptr ? server_->name : "-"},
+                 {"reason", metrics::toString(reason)},
+                 {"error", detail}});
+  listener_.metrics.auth(login_->mechanism, metrics::AuthResult::Failed);
   if (server_ != nullptr) {
     server_->metrics.error(reason);
     if (reason != metrics::BackendError::Timeout) {
@@ -1117,14 +1119,14 @@ void Session::loginUnavailable(metrics::BackendError reason, const std::string& 
       listener_.pool->report(*server_, false, false, metrics::toString(reason));
     }
   }
-  credentials_.reset();
+  login_->credentials.reset();
   releaseBackend();
   tried_.clear();
   phase_ = Phase::Login;
   armTimer();
-  login_->unavailable(loginOutput_);
+  login_->dialogue->unavailable(login_->output);
   applyLogin();
-  if (phase_ == Phase::Login && !credentials_ && !delaying_) {
+  if (phase_ == Phase::Login && !login_->credentials && !login_->delaying) {
     client_->startReading();
   }
 }

@@ -198,18 +198,20 @@ private:
   bool preauthDone_ = false;
   std::string tlsVersion_;
   std::string tlsCipher_;
-  // Login mode.
-  std::unique_ptr<protocol::LoginDialogue> login_;
-  protocol::LoginOutput loginOutput_;
-  std::unique_ptr<protocol::LoginReplay> replay_;
-  std::optional<protocol::Credentials> credentials_; // until the verdict (retries need them)
-  std::string clientHelo_;
-  std::string user_;              // for the access log and user_hash
-  std::string throttleAddress_;   // the client address the throttle counts (IPv6: its /64)
-  const char* authMechanism_ = "none";
-  bool delaying_ = false;         // a throttled attempt waits on the timer
-  // Attempts refused by the throttle in this session; at the limit the session is closed.
-  int throttledAttempts_ = 0;
+  // Login mode only (a passthrough session does not carry it).
+  struct LoginState {
+    std::unique_ptr<protocol::LoginDialogue> dialogue;
+    protocol::LoginOutput output;
+    std::unique_ptr<protocol::LoginReplay> replay;
+    std::optional<protocol::Credentials> credentials; // until the verdict (retries need them)
+    std::string clientHelo;
+    std::string throttleAddress; // the client address the throttle counts (IPv6: its /64)
+    const char* mechanism = "none";
+    bool delaying = false;     // a throttled attempt waits on the timer
+    int throttledAttempts = 0; // attempts refused by the throttle; at the limit, closed
+  };
+  std::unique_ptr<LoginState> login_;
+  std::string user_; // for the access log and user_hash
   static constexpr int kMaxThrottledAttempts = 3;
 };
 

@@ -26,7 +26,7 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   protocol::BackendOffer offer;
   if ((selector & 0x10) != 0) {
     offer.capabilities = {"IMAP4rev1", "AUTH=XOAUTH2", "SASL PLAIN XOAUTH2", "AUTH LOGIN",
-                          "USER", "STARTTLS", "LOGINDISABLED", "PIPELINING"};
+                          "USER",      "STARTTLS",     "LOGINDISABLED",      "PIPELINING"};
   }
   auto dialogue = kMakers[selector % 3](policy, std::move(offer));
   protocol::LoginOutput out;

@@ -108,7 +108,6 @@ public:
     out.toClient += "* OK [CAPABILITY " + capabilities() + "] postern ready.\r\n";
   }
 
-
 private:
   std::string capabilities() const {
     std::string list = "IMAP4rev1";
@@ -230,7 +229,8 @@ private:
     }
     for (char c : tag) {
       auto u = static_cast<unsigned char>(c);
-      if (u <= 0x20 || u >= 0x7f || std::string_view("(){%*\"\\+").find(c) != std::string_view::npos) {
+      if (u <= 0x20 || u >= 0x7f ||
+          std::string_view("(){%*\"\\+").find(c) != std::string_view::npos) {
         return false;
       }
     }
@@ -251,7 +251,8 @@ private:
     std::string_view verb = w[1];
     std::size_t arguments = w.size() - 2;
     if (equalsNoCase(verb, "CAPABILITY")) {
-      out.toClient += "* CAPABILITY " + capabilities() + "\r\n" + tag + " OK Capability completed.\r\n";
+      out.toClient +=
+          "* CAPABILITY " + capabilities() + "\r\n" + tag + " OK Capability completed.\r\n";
     } else if (equalsNoCase(verb, "NOOP")) {
       out.toClient += tag + " OK NOOP completed.\r\n";
     } else if (equalsNoCase(verb, "ID")) {
@@ -278,7 +279,8 @@ private:
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
-    acceptStartTls(tag + " BAD Commands pipelined after STARTTLS\r\n", tag + " OK Begin TLS negotiation now.\r\n", out);
+    acceptStartTls(tag + " BAD Commands pipelined after STARTTLS\r\n",
+                   tag + " OK Begin TLS negotiation now.\r\n", out);
   }
 
   // Policy checks shared by LOGIN and AUTHENTICATE; false when refused (reply written).
@@ -421,7 +423,7 @@ private:
         return askCapabilities();
       }
       return failed(startsWithNoCase(text, "* PREAUTH") ? "greeted with PREAUTH"
-                                                         : "not an IMAP greeting");
+                                                        : "not an IMAP greeting");
     }
     case State::Capability:
       if (startsWithNoCase(text, "* CAPABILITY ")) {
@@ -465,7 +467,7 @@ private:
     if (!hasCapability(capabilities_, "LOGINDISABLED") && credentials_.authzid.empty() &&
         quotable(credentials_.user) && quotable(credentials_.secret)) {
       return sendSecret(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
-                  quoted(credentials_.secret) + "\r\n");
+                        quoted(credentials_.secret) + "\r\n");
     }
     return replayLoginMechanism(mechanisms, prefix);
   }

@@ -74,9 +74,8 @@ std::vector<std::string> commonCapabilities(const std::vector<std::vector<std::s
     std::string_view keyword = mechanismKeyword(capability);
     if (!keyword.empty()) {
       if (!common.empty() && !mechanismKeyword(capability).empty() &&
-          std::any_of(common.begin(), common.end(), [&](const std::string& kept) {
-            return startsWithNoCase(kept, keyword);
-          })) {
+          std::any_of(common.begin(), common.end(),
+                      [&](const std::string& kept) { return startsWithNoCase(kept, keyword); })) {
         continue; // a second AUTH line (AUTH and AUTH=): merged below already
       }
       // Mechanisms every server offers.

@@ -86,8 +86,7 @@ protected:
   }
 
   // An exchange for the mechanism `name`, with the client's initial response if it sent one.
-  void startSasl(std::string_view name, std::optional<std::string_view> initial,
-                 LoginOutput& out) {
+  void startSasl(std::string_view name, std::optional<std::string_view> initial, LoginOutput& out) {
     std::optional<Mechanism> mechanism = parseMechanism(name);
     if (!mechanism || !mechanisms_.offers(*mechanism)) {
       out.toClient += saslReplies().unsupported;
@@ -121,8 +120,7 @@ protected:
 
   // A STARTTLS postern accepts: the go-ahead, unless bytes came pipelined after the command
   // (CVE-2011-0411 class): then the protocol's error and the session ends.
-  void acceptStartTls(std::string_view injectionReply, std::string_view goAhead,
-                      LoginOutput& out) {
+  void acceptStartTls(std::string_view injectionReply, std::string_view goAhead, LoginOutput& out) {
     if (!reader_.empty()) {
       out.toClient += injectionReply;
       out.events.push_back({Event::StartTlsInjection});
@@ -178,7 +176,6 @@ public:
       : credentials_(std::move(credentials)), context_(std::move(context)) {}
 
 protected:
-
   virtual Result line(std::string_view raw) = 0;
 
   static Result failed(std::string reason);

@@ -20,7 +20,6 @@ public:
 
   void greet(LoginOutput& out) override { out.toClient += "+OK postern ready.\r\n"; }
 
-
 private:
   void afterTls(LoginOutput&) override { protocol::wipe(user_); } // learned before TLS
 
@@ -151,9 +150,8 @@ private:
   }
 
   SaslReplies saslReplies() const override {
-    return {"+ ", "-ERR Unsupported authentication mechanism\r\n",
-            "-ERR Invalid base64 data\r\n", "-ERR [AUTH] Invalid authentication data\r\n",
-            "-ERR Authentication cancelled\r\n"};
+    return {"+ ", "-ERR Unsupported authentication mechanism\r\n", "-ERR Invalid base64 data\r\n",
+            "-ERR [AUTH] Invalid authentication data\r\n", "-ERR Authentication cancelled\r\n"};
   }
 
   std::string user_;

@@ -163,7 +163,8 @@ std::optional<Credentials> parsePlain(std::string_view message) {
     return std::nullopt;
   }
   std::size_t second = message.find('\0', first + 1);
-  if (second == std::string_view::npos || message.find('\0', second + 1) != std::string_view::npos) {
+  if (second == std::string_view::npos ||
+      message.find('\0', second + 1) != std::string_view::npos) {
     return std::nullopt;
   }
   Credentials credentials;
@@ -287,8 +288,8 @@ std::optional<Credentials> parseOAuthBearer(std::string_view message) {
 
 std::string buildPlain(const Credentials& credentials) {
   std::string message;
-  message.reserve(credentials.authzid.size() + credentials.user.size() +
-                  credentials.secret.size() + 2);
+  message.reserve(credentials.authzid.size() + credentials.user.size() + credentials.secret.size() +
+                  2);
   message += credentials.authzid;
   message.push_back('\0');
   message += credentials.user;
@@ -301,8 +302,7 @@ std::string buildXOAuth2(const Credentials& credentials) {
   return "user=" + credentials.user + "\x01" + "auth=Bearer " + credentials.secret + "\x01\x01";
 }
 
-std::string buildOAuthBearer(const Credentials& credentials, std::string_view host,
-                             unsigned port) {
+std::string buildOAuthBearer(const Credentials& credentials, std::string_view host, unsigned port) {
   std::string name;
   for (char c : credentials.user) {
     if (c == ',') {
@@ -317,8 +317,8 @@ std::string buildOAuthBearer(const Credentials& credentials, std::string_view ho
   if (!name.empty()) {
     message += "a=" + name;
   }
-  message += ",\x01host=" + std::string(host) + "\x01port=" + std::to_string(port) +
-             "\x01" + "auth=Bearer " + credentials.secret + "\x01\x01";
+  message += ",\x01host=" + std::string(host) + "\x01port=" + std::to_string(port) + "\x01" +
+             "auth=Bearer " + credentials.secret + "\x01\x01";
   return message;
 }
 

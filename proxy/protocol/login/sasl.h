@@ -48,8 +48,7 @@ std::optional<Credentials> parseOAuthBearer(std::string_view message);
 // Client responses built from credentials (not base64-encoded yet).
 std::string buildPlain(const Credentials& credentials);
 std::string buildXOAuth2(const Credentials& credentials);
-std::string buildOAuthBearer(const Credentials& credentials, std::string_view host,
-                             unsigned port);
+std::string buildOAuthBearer(const Credentials& credentials, std::string_view host, unsigned port);
 
 // One SASL exchange on the client side: what postern asks and how the answers become
 // credentials. The protocol dialogues frame the challenges ("+ ", "334 ") and responses.

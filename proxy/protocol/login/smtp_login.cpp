@@ -28,7 +28,6 @@ public:
     out.toClient += "220 " + policy_.hostname + " ESMTP postern\r\n";
   }
 
-
 private:
   void afterTls(LoginOutput&) override { helo_.clear(); } // RFC 3207 §4.2: greet again
 
@@ -107,7 +106,8 @@ private:
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
-    acceptStartTls("554 5.5.1 Error: commands pipelined after STARTTLS\r\n", "220 2.0.0 Ready to start TLS\r\n", out);
+    acceptStartTls("554 5.5.1 Error: commands pipelined after STARTTLS\r\n",
+                   "220 2.0.0 Ready to start TLS\r\n", out);
   }
 
   void authenticate(std::string_view arguments, LoginOutput& out) {

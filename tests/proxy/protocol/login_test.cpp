@@ -39,21 +39,26 @@ TEST(Sasl, PlainParsesAuthzidUserAndPassword) {
   EXPECT_EQ(c->secret, "pass word");
   EXPECT_EQ(buildPlain(*c), std::string("admin\0alice\0pass word", 21));
   EXPECT_FALSE(parsePlain("alice"));
-  EXPECT_FALSE(parsePlain(std::string("\0\0secret", 8)));           // no user
-  EXPECT_FALSE(parsePlain(std::string("a\0b\0c\0d", 7)));           // too many parts
+  EXPECT_FALSE(parsePlain(std::string("\0\0secret", 8))); // no user
+  EXPECT_FALSE(parsePlain(std::string("a\0b\0c\0d", 7))); // too many parts
 }
 
 TEST(Sasl, XOAuth2AndOAuthBearer) {
-  auto x = parseXOAuth2("user=alice@example.org\x01" "auth=Bearer tok123\x01\x01");
+  auto x = parseXOAuth2("user=alice@example.org\x01"
+                        "auth=Bearer tok123\x01\x01");
   ASSERT_TRUE(x);
   EXPECT_EQ(x->user, "alice@example.org");
   EXPECT_EQ(x->secret, "tok123");
   EXPECT_EQ(x->kind, Credentials::Kind::XOAuth2);
-  EXPECT_EQ(buildXOAuth2(*x), "user=alice@example.org\x01" "auth=Bearer tok123\x01\x01");
-  EXPECT_FALSE(parseXOAuth2("user=alice\x01" "auth=Basic abc\x01\x01"));
-  EXPECT_FALSE(parseXOAuth2("user=alice\x01" "auth=Bearer abc"));
+  EXPECT_EQ(buildXOAuth2(*x), "user=alice@example.org\x01"
+                              "auth=Bearer tok123\x01\x01");
+  EXPECT_FALSE(parseXOAuth2("user=alice\x01"
+                            "auth=Basic abc\x01\x01"));
+  EXPECT_FALSE(parseXOAuth2("user=alice\x01"
+                            "auth=Bearer abc"));
 
-  auto o = parseOAuthBearer("n,a=al=2Cice,\x01host=h\x01port=993\x01" "auth=Bearer t0k\x01\x01");
+  auto o = parseOAuthBearer("n,a=al=2Cice,\x01host=h\x01port=993\x01"
+                            "auth=Bearer t0k\x01\x01");
   ASSERT_TRUE(o);
   EXPECT_EQ(o->user, "al,ice");
   EXPECT_EQ(o->secret, "t0k");
@@ -61,10 +66,12 @@ TEST(Sasl, XOAuth2AndOAuthBearer) {
   ASSERT_TRUE(back);
   EXPECT_EQ(back->user, "al,ice");
   EXPECT_EQ(back->secret, "t0k");
-  EXPECT_FALSE(parseOAuthBearer("p=tls-unique,,\x01" "auth=Bearer t\x01\x01"));
+  EXPECT_FALSE(parseOAuthBearer("p=tls-unique,,\x01"
+                                "auth=Bearer t\x01\x01"));
   EXPECT_FALSE(parseOAuthBearer("n,,\x01host=h\x01\x01")); // no token
   // No authorisation identity: postern routes and throttles by user, so it is refused.
-  EXPECT_FALSE(parseOAuthBearer("n,,\x01" "auth=Bearer t\x01\x01"));
+  EXPECT_FALSE(parseOAuthBearer("n,,\x01"
+                                "auth=Bearer t\x01\x01"));
 }
 
 TEST(Sasl, CaptureLoginAsksForUserThenPassword) {
@@ -99,11 +106,11 @@ TEST(Sasl, CredentialsMoveLeavesNothingBehind) {
 
 TEST(Capabilities, CommonKeepsWhatEveryServerHas) {
   EXPECT_TRUE(commonCapabilities({}).empty());
-  auto imap = commonCapabilities({{"IMAP4rev1", "IDLE", "AUTH=PLAIN", "AUTH=XOAUTH2"},
-                                  {"imap4rev1", "AUTH=PLAIN", "ID"}});
+  auto imap = commonCapabilities(
+      {{"IMAP4rev1", "IDLE", "AUTH=PLAIN", "AUTH=XOAUTH2"}, {"imap4rev1", "AUTH=PLAIN", "ID"}});
   EXPECT_EQ(imap, (std::vector<std::string>{"IMAP4rev1", "AUTH=PLAIN"}));
-  auto pop3 = commonCapabilities({{"TOP", "USER", "SASL PLAIN LOGIN XOAUTH2"},
-                                  {"USER", "SASL LOGIN XOAUTH2", "UIDL"}});
+  auto pop3 = commonCapabilities(
+      {{"TOP", "USER", "SASL PLAIN LOGIN XOAUTH2"}, {"USER", "SASL LOGIN XOAUTH2", "UIDL"}});
   EXPECT_EQ(pop3, (std::vector<std::string>{"USER", "SASL LOGIN XOAUTH2"}));
   auto smtp = commonCapabilities({{"PIPELINING", "AUTH PLAIN"}, {"PIPELINING", "AUTH LOGIN"}});
   EXPECT_EQ(smtp, (std::vector<std::string>{"PIPELINING"}));
@@ -178,9 +185,9 @@ Policy policy(config::TlsMode tls, bool requireTls) {
   return p;
 }
 
-const std::vector<std::string> kDovecotImap = {"IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID",
-                                               "ENABLE",    "IDLE",    "LITERAL+", "STARTTLS",
-                                               "AUTH=PLAIN", "AUTH=XOAUTH2"};
+const std::vector<std::string> kDovecotImap = {
+    "IMAP4rev1", "SASL-IR",  "LOGIN-REFERRALS", "ID",         "ENABLE",
+    "IDLE",      "LITERAL+", "STARTTLS",        "AUTH=PLAIN", "AUTH=XOAUTH2"};
 
 Front imap(config::TlsMode tls = config::TlsMode::StartTls, bool requireTls = true,
            std::vector<std::string> caps = kDovecotImap) {
@@ -188,8 +195,7 @@ Front imap(config::TlsMode tls = config::TlsMode::StartTls, bool requireTls = tr
 }
 
 // Feeds `script` whole and split in two at every position: the same replies and credentials.
-template <typename Make>
-void expectSplitInvariant(Make make, std::string_view script) {
+template <typename Make> void expectSplitInvariant(Make make, std::string_view script) {
   Front whole = make();
   whole.greet();
   Said expected = whole.client(script);
@@ -292,7 +298,9 @@ TEST(ImapLogin, AuthenticateWithAndWithoutInitialResponse) {
   EXPECT_EQ(s.secret, "wonderland");
   f.rejected();
   s = f.client("d AUTHENTICATE XOAUTH2 " +
-               encodeBase64("user=alice\x01" "auth=Bearer tok\x01\x01") + "\r\n");
+               encodeBase64("user=alice\x01"
+                            "auth=Bearer tok\x01\x01") +
+               "\r\n");
   EXPECT_EQ(s.user, "alice");
   EXPECT_EQ(s.secret, "tok");
   EXPECT_EQ(s.mechanism, "xoauth2");
@@ -321,7 +329,8 @@ TEST(ImapLogin, LocalCommandsAndBadInput) {
   EXPECT_EQ(f.client("a NOOP\r\n").toClient, "a OK NOOP completed.\r\n");
   EXPECT_EQ(f.client("b ID (\"name\" \"mutt\")\r\n").toClient,
             "* ID NIL\r\nb OK ID completed.\r\n");
-  EXPECT_EQ(f.client("c SELECT INBOX\r\n").toClient, "c BAD Command not available before login\r\n");
+  EXPECT_EQ(f.client("c SELECT INBOX\r\n").toClient,
+            "c BAD Command not available before login\r\n");
   EXPECT_EQ(f.client("d LOGIN alice\r\n").toClient,
             "d BAD LOGIN takes a user name and a password\r\n");
   EXPECT_EQ(f.client("e LOGIN \"alice\r\n").toClient, "e BAD Invalid arguments\r\n");
@@ -389,9 +398,9 @@ TEST(ImapLogin, ThrottledAttemptGetsATaggedRefusal) {
 }
 
 Front pop3(config::TlsMode tls = config::TlsMode::StartTls, bool requireTls = true) {
-  return Front(makePop3Login(policy(tls, requireTls),
-                             {{"CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "STLS", "USER",
-                               "SASL PLAIN LOGIN"}}));
+  return Front(makePop3Login(
+      policy(tls, requireTls),
+      {{"CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "STLS", "USER", "SASL PLAIN LOGIN"}}));
 }
 
 TEST(Pop3Login, CapaFollowsThePolicy) {
@@ -450,10 +459,10 @@ TEST(Pop3Login, UserIsForgottenAfterStls) {
 }
 
 Front smtp(config::TlsMode tls = config::TlsMode::StartTls, bool requireTls = true) {
-  return Front(makeSmtpLogin(policy(tls, requireTls),
-                             {{"PIPELINING", "SIZE 10240000", "ETRN", "STARTTLS",
-                               "AUTH PLAIN LOGIN", "ENHANCEDSTATUSCODES", "8BITMIME", "CHUNKING",
-                               "XCLIENT NAME ADDR"}}));
+  return Front(
+      makeSmtpLogin(policy(tls, requireTls),
+                    {{"PIPELINING", "SIZE 10240000", "ETRN", "STARTTLS", "AUTH PLAIN LOGIN",
+                      "ENHANCEDSTATUSCODES", "8BITMIME", "CHUNKING", "XCLIENT NAME ADDR"}}));
 }
 
 TEST(SmtpLogin, EhloFollowsThePolicy) {
@@ -550,7 +559,8 @@ TEST(ImapReplay, ForwardsTheAddressThenPlainWithTheClientsTag) {
   EXPECT_EQ(r.toBackend, "a1 AUTHENTICATE PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=\r\n");
   r = s.say("* CAPABILITY IMAP4rev1 IDLE\r\na1 OK [CAPABILITY IMAP4rev1] Logged in\r\n");
   EXPECT_EQ(r.step, Step::Accepted);
-  EXPECT_EQ(r.toClient, "* CAPABILITY IMAP4rev1 IDLE\r\na1 OK [CAPABILITY IMAP4rev1] Logged in\r\n");
+  EXPECT_EQ(r.toClient,
+            "* CAPABILITY IMAP4rev1 IDLE\r\na1 OK [CAPABILITY IMAP4rev1] Logged in\r\n");
 }
 
 TEST(ImapReplay, AsksForCapabilitiesAndFallsBackToLogin) {
@@ -583,8 +593,9 @@ TEST(ImapReplay, TokensNeedTheirMechanismAndErrorChallengesAreAnswered) {
   Server s{makeImapReplay(std::move(again), context())};
   auto r = s.say("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n");
   EXPECT_EQ(r.toBackend, "a1 AUTHENTICATE XOAUTH2\r\n");
-  EXPECT_EQ(s.say("+ \r\n").toBackend,
-            encodeBase64("user=alice\x01" "auth=Bearer tok\x01\x01") + "\r\n");
+  EXPECT_EQ(s.say("+ \r\n").toBackend, encodeBase64("user=alice\x01"
+                                                    "auth=Bearer tok\x01\x01") +
+                                           "\r\n");
   EXPECT_EQ(s.say("+ eyJzdGF0dXMiOiI0MDEifQ==\r\n").toBackend, "\r\n");
   EXPECT_EQ(s.say("a1 NO [AUTHENTICATIONFAILED] bad token\r\n").step, Step::Rejected);
 }
