@@ -953,10 +953,7 @@ void Session::credentialsCaptured(protocol::Credentials credentials, std::string
       logging::warn(
           "authentication throttled; closing",
           {{"listener", listener_.config.name}, {"client", clientAddress_}, {"user", user_}});
-      login_->dialogue->throttled(login_->output);
-      std::string reply = login_->output.toClient.substr(0, login_->output.toClient.find('\n') + 1);
-      login_->output.reset(); // (anything pipelined after it, credentials too, is dropped)
-      client_->write(reply);
+      client_->write(login_->dialogue->throttledReply()); // what was pipelined is dropped
       close(metrics::CloseReason::ProtocolError);
       return;
     }
@@ -1002,14 +999,9 @@ void Session::startReplay(bool greeted) {
   context.hostname = protocol::hostname();
   context.clientHelo = login_->clientHelo;
   context.greeted = greeted;
-  protocol::Credentials copy;
-  copy.kind = login_->credentials->kind;
-  copy.mechanism = login_->credentials->mechanism;
-  copy.user = login_->credentials->user;
-  copy.authzid = login_->credentials->authzid;
-  copy.secret = login_->credentials->secret;
-  copy.tag = login_->credentials->tag;
-  login_->replay = listener_.protocol->makeReplay(std::move(copy), std::move(context));
+  // The replay gets a copy: a server that fails before the credentials went out is retried
+  // elsewhere with the session's.
+  login_->replay = listener_.protocol->makeReplay(login_->credentials->copy(), std::move(context));
   // The server may take its time to check a password (and delays failures on purpose).
   timer_->start(std::max<std::chrono::milliseconds>(listener_.pool->config().connect_timeout,
                                                     std::chrono::seconds(30)));

@@ -3,6 +3,7 @@
 #include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
 #include "proxy/protocol/health_probe.h"
+#include "tests/fuzz/reads.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -14,34 +15,28 @@ namespace {
 // by 0xFF, each starting with a byte that says who sent it (or that TLS started).
 void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
   protocol::Output out;
-  std::size_t start = 0;
-  bool closed = false;
   bool relay = false;
-  while (start < size && !closed) {
-    std::size_t end = start;
-    while (end < size && data[end] != 0xFF) {
-      ++end;
+  fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
+    if (read.empty()) {
+      return true;
     }
-    if (end > start) {
-      std::uint8_t who = data[start];
-      std::span<const char> bytes(reinterpret_cast<const char*>(data + start + 1), end - start - 1);
-      out.clear();
-      if (who == 0xFE) {
-        filter.tlsStarted(out);
-      } else if (who % 2 == 0) {
-        filter.fromClient(bytes, out);
-      } else {
-        filter.fromBackend(bytes, out);
-      }
-      // Once a filter hands over to plain relaying, it must pass bytes through unchanged.
-      if (relay && (who % 2 == 0) && who != 0xFE && out.toBackend.size() != bytes.size()) {
-        std::abort();
-      }
-      relay = relay || out.relayOnly;
-      closed = out.close;
+    std::uint8_t who = read[0];
+    std::span<const char> bytes = fuzz::chars(read.subspan(1));
+    out.clear();
+    if (who == 0xFE) {
+      filter.tlsStarted(out);
+    } else if (who % 2 == 0) {
+      filter.fromClient(bytes, out);
+    } else {
+      filter.fromBackend(bytes, out);
     }
-    start = end + 1;
-  }
+    // Once a filter hands over to plain relaying, it must pass bytes through unchanged.
+    if (relay && (who % 2 == 0) && who != 0xFE && out.toBackend.size() != bytes.size()) {
+      std::abort();
+    }
+    relay = relay || out.relayOnly;
+    return !out.close;
+  });
 }
 
 // Backend-side dialogues (STARTTLS, XCLIENT): whatever the backend says, in any reads.
@@ -61,15 +56,10 @@ void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selecto
   protocol::SmtpXclient xclient("fuzz.example", protocol::xclientCommand("192.0.2.1", false, 1),
                                 "");
   protocol::HealthProbe probe(static_cast<config::Protocol>(selector % 3), "fuzz.example", false);
-  std::size_t start = 0;
   bool upgradeDone = false;
   bool xclientDone = false;
-  while (start < size) {
-    std::size_t end = start;
-    while (end < size && data[end] != 0xFF) {
-      ++end;
-    }
-    std::span<const char> bytes(reinterpret_cast<const char*>(data + start), end - start);
+  fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
+    std::span<const char> bytes = fuzz::chars(read);
     if (!upgradeDone) {
       auto step = upgrade->fromBackend(bytes).step;
       upgradeDone = step == protocol::BackendStartTls::Step::Failed ||
@@ -81,8 +71,8 @@ void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selecto
       xclientDone = step == protocol::BackendStartTls::Step::Failed ||
                     step == protocol::BackendStartTls::Step::Ready;
     }
-    start = end + 1;
-  }
+    return true;
+  });
 }
 
 } // namespace

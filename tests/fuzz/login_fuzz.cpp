@@ -1,6 +1,7 @@
 // libFuzzer target for login mode: the front dialogues under any client bytes, any policy and
 // any order of verdicts; the replays under any server bytes; the SASL decoders directly.
 #include "proxy/protocol/login/login.h"
+#include "tests/fuzz/reads.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -14,7 +15,7 @@ using ReplayMaker = std::unique_ptr<protocol::LoginReplay> (*)(protocol::Credent
                                                                protocol::ReplayContext);
 
 // Reads separated by 0xFF; each starts with a byte: 0xFE TLS started, 0xFD rejected,
-// 0xFC throttled, 0xFB accepted (ends the dialogue), else client bytes.
+// 0xFC throttled, 0xFA unavailable, 0xFB accepted (ends the dialogue), else client bytes.
 void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   static constexpr Maker kMakers[] = {protocol::makeImapLogin, protocol::makePop3Login,
                                       protocol::makeSmtpLogin};
@@ -32,40 +33,38 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   protocol::LoginOutput out;
   dialogue->greet(out);
   bool waiting = false;
-  std::size_t start = 0;
-  while (start < size && !out.close && !out.quit) {
-    std::size_t end = start;
-    while (end < size && data[end] != 0xFF) {
-      ++end;
+  fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
+    if (read.empty()) {
+      return true;
     }
-    if (end > start) {
-      std::uint8_t who = data[start];
-      std::span<const char> bytes(reinterpret_cast<const char*>(data + start + 1), end - start - 1);
-      out.reset();
-      if (who == 0xFE) {
-        dialogue->tlsStarted(out);
-      } else if (who == 0xFD && waiting) {
-        dialogue->rejected(out);
-        waiting = false;
-      } else if (who == 0xFC && waiting) {
-        dialogue->throttled(out);
-        waiting = false;
-      } else if (who == 0xFB && waiting) {
-        (void)dialogue->acceptedRest();
-        return;
-      } else {
-        dialogue->fromClient(bytes, out);
-      }
-      if (out.credentials) {
-        // Credentials come only when no other attempt is outstanding.
-        if (waiting) {
-          std::abort();
-        }
-        waiting = true;
-      }
+    std::uint8_t who = read[0];
+    out.reset();
+    if (who == 0xFE) {
+      dialogue->tlsStarted(out);
+    } else if (who == 0xFD && waiting) {
+      dialogue->rejected(out);
+      waiting = false;
+    } else if (who == 0xFC && waiting) {
+      dialogue->throttled(out);
+      waiting = false;
+    } else if (who == 0xFA && waiting) {
+      dialogue->unavailable(out);
+      waiting = false;
+    } else if (who == 0xFB && waiting) {
+      (void)dialogue->acceptedRest();
+      return false;
+    } else {
+      dialogue->fromClient(fuzz::chars(read.subspan(1)), out);
     }
-    start = end + 1;
-  }
+    if (out.credentials) {
+      // Credentials come only when no other attempt is outstanding.
+      if (waiting) {
+        std::abort();
+      }
+      waiting = true;
+    }
+    return !out.close && !out.quit;
+  });
 }
 
 void replay(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
@@ -83,21 +82,15 @@ void replay(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   context.greeted = (selector & 0x10) != 0;
   auto server = kMakers[selector % 3](std::move(credentials), std::move(context));
   auto result = server->start();
-  std::size_t start = 0;
-  while (start < size) {
+  fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
     if (result.step == protocol::LoginReplay::Step::Accepted ||
         result.step == protocol::LoginReplay::Step::Rejected ||
         result.step == protocol::LoginReplay::Step::Failed) {
-      return;
+      return false;
     }
-    std::size_t end = start;
-    while (end < size && data[end] != 0xFF) {
-      ++end;
-    }
-    result = server->fromBackend(
-        std::span<const char>(reinterpret_cast<const char*>(data + start), end - start));
-    start = end + 1;
-  }
+    result = server->fromBackend(fuzz::chars(read));
+    return true;
+  });
 }
 
 void sasl(const std::uint8_t* data, std::size_t size) {

@@ -82,20 +82,29 @@ def greet_then_die(conn):
     conn.close()
 
 
+def lines(conn):
+    """The lines the client sends (without their LF), until it closes."""
+    conn.settimeout(30)
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        line, buffer = buffer.split(b"\n", 1)
+        yield line
+
+
 def scripted(greeting, replies):
     """Sends `greeting`, then answers the n-th line the client sends with replies[n]."""
     def behaviour(conn):
         conn.sendall(greeting)
-        conn.settimeout(30)
-        buffer = b""
+        received = lines(conn)
         for reply in replies:
-            while b"\n" not in buffer:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                buffer += chunk
-            _, buffer = buffer.split(b"\n", 1)
+            if next(received, None) is None:
+                return
             conn.sendall(reply)
-        while conn.recv(4096):
+        for _ in received:
             pass
     return behaviour

@@ -437,15 +437,7 @@ class ServerDiesDuringLogin(unittest.TestCase):
 
         def dies_at_pass(conn):
             conn.sendall(b"+OK fake ready\r\n")
-            conn.settimeout(30)
-            buffer = b""
-            while True:
-                while b"\n" not in buffer:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                line, buffer = buffer.split(b"\n", 1)
+            for line in fakes.lines(conn):
                 verb = line.split(b" ")[0].strip().upper()
                 if verb == b"CAPA":
                     conn.sendall(b"+OK\r\nUSER\r\n.\r\n")
@@ -533,6 +525,16 @@ class Throttling(unittest.TestCase):
         self.assertEqual(postern.metric("postern_auth_total", listener="imap", mechanism="login",
                                         result="failed"), 4)
         self.assertEqual(seen, harness.read_tail(servers.dovecot_log, 400).count("Password mismatch"))
+        # A client that keeps trying while blocked is closed after its third refusal.
+        c = Raw(postern.address("imap"))
+        c.line()
+        c.send("r1 LOGIN alice x\r\nr2 LOGIN alice x\r\nr3 LOGIN alice x\r\nr4 NOOP\r\n")
+        for tag in ("r1", "r2", "r3"):
+            self.assertEqual(c.line(), f"{tag} NO [UNAVAILABLE] Too many failed logins, "
+                                       "try again later")
+        with self.assertRaises(EOFError):
+            c.line()
+        c.close()
         # Another address is not affected.
         c = Raw(postern.address("imap"), source="127.0.0.10")
         c.line()

@@ -54,6 +54,8 @@ public:
   virtual void rejected(LoginOutput& out) = 0;
   // The attempt is refused before any backend saw it (too many failures from this client).
   virtual void throttled(LoginOutput& out) = 0;
+  // The words of that refusal alone (for a session postern closes after it).
+  virtual std::string throttledReply() const = 0;
   // The attempt reached a server that then failed (closed, timed out, misbehaved) before its
   // verdict: a temporary failure; never retried elsewhere with the same credentials.
   virtual void unavailable(LoginOutput& out) = 0;

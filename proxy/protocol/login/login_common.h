@@ -42,7 +42,6 @@ protected:
   // Raw bytes the dialogue asked for (IMAP literals); returns false when it wants none.
   virtual bool takeRaw(LoginOutput&) { return false; }
   virtual void lineTooLong(LoginOutput& out) = 0;
-  virtual std::string throttledReply() const = 0;
   virtual std::string unavailableReply() const = 0;
 
   // An attempt postern answers itself; the dialogue goes on with what the client sent next.

@@ -40,6 +40,17 @@ Credentials& Credentials::operator=(Credentials&& other) noexcept {
   return *this;
 }
 
+Credentials Credentials::copy() const {
+  Credentials other;
+  other.kind = kind;
+  other.mechanism = mechanism;
+  other.user = user;
+  other.authzid = authzid;
+  other.secret = secret;
+  other.tag = tag;
+  return other;
+}
+
 void Credentials::clear() {
   wipe(secret);
   wipe(authzid);

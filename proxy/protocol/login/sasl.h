@@ -29,6 +29,7 @@ struct Credentials {
   Credentials& operator=(Credentials&& other) noexcept;
   ~Credentials() { clear(); }
   void clear();
+  Credentials copy() const; // (copies are explicit: every one must be wiped too)
 };
 
 // Standard base64 with padding; nullopt for anything else (RFC 4648 §4, as SASL requires).

@@ -265,7 +265,8 @@ TEST(SmtpFilter, LinesAfterAuthWaitForTheServersAnswer) {
   auto sent = d.client("AUTH FOO\r\nXCLIENT ADDR=10.66.66.66\r\n");
   EXPECT_EQ(sent.toBackend, "AUTH FOO\r\n");
   auto after = d.backend("504 5.5.4 Unsupported mechanism\r\n");
-  EXPECT_EQ(after.toClient, "504 5.5.4 Unsupported mechanism\r\n550 5.7.1 Error: not permitted\r\n");
+  EXPECT_EQ(after.toClient,
+            "504 5.5.4 Unsupported mechanism\r\n550 5.7.1 Error: not permitted\r\n");
   EXPECT_EQ(after.toBackend, "");
   // A real exchange: the response goes once the server asked for it.
   EXPECT_EQ(d.client("AUTH PLAIN\r\nAGEAYg==\r\n").toBackend, "AUTH PLAIN\r\n");
@@ -273,7 +274,8 @@ TEST(SmtpFilter, LinesAfterAuthWaitForTheServersAnswer) {
   auto done = d.client("XCLIENT ADDR=10.66.66.66\r\n");
   EXPECT_EQ(done.toBackend, ""); // still waiting for the verdict
   auto ok = d.backend("235 2.7.0 Authentication successful\r\n");
-  EXPECT_EQ(ok.toClient, "235 2.7.0 Authentication successful\r\n550 5.7.1 Error: not permitted\r\n");
+  EXPECT_EQ(ok.toClient,
+            "235 2.7.0 Authentication successful\r\n550 5.7.1 Error: not permitted\r\n");
   EXPECT_EQ(ok.toBackend, "");
   auto again = d.client("AUTH PLAIN AGEAYg==\r\n");
   EXPECT_EQ(again.toClient, "503 5.5.1 Error: already authenticated\r\n");
