@@ -38,12 +38,7 @@ bool Session::start(uv_stream_t* listening) {
   clientPeer_ = tcp->peer();
   clientLocal_ = tcp->local();
   clientAddress_ = net::formatAddress(clientPeer_);
-  protocol::Policy policy;
-  policy.listenerTls = listener_.config.tls;
-  policy.requireTls = listener_.config.require_tls;
-  policy.allowAuth = listener_.config.allow_auth;
-  policy.maxLineLength = listener_.config.limits.max_line_length;
-  filter_ = listener_.protocol->makeFilter(policy);
+  filter_ = listener_.protocol->makeFilter(listenerPolicy());
   timer_ = net::Timer::create(loop_, this);
   startedAt_ = timer_->now();
   lastActivity_ = startedAt_;
@@ -873,16 +868,21 @@ void Session::close(metrics::CloseReason reason) {
 
 // ---- login mode ----------------------------------------------------------------------------
 
-void Session::startLogin() {
-  phase_ = Phase::Login;
+protocol::Policy Session::listenerPolicy() const {
   protocol::Policy policy;
   policy.listenerTls = listener_.config.tls;
   policy.requireTls = listener_.config.require_tls;
   policy.allowAuth = listener_.config.allow_auth;
   policy.maxLineLength = listener_.config.limits.max_line_length;
   policy.hostname = protocol::hostname();
+  return policy;
+}
+
+void Session::startLogin() {
+  phase_ = Phase::Login;
   filter_.reset();
-  login_->dialogue = listener_.protocol->makeLogin(policy, {listener_.pool->commonCapabilities()});
+  login_->dialogue =
+      listener_.protocol->makeLogin(listenerPolicy(), {listener_.pool->commonCapabilities()});
   login_->dialogue->greet(login_->output);
   applyLogin();
   if (phase_ != Phase::Login) {
@@ -1051,13 +1051,10 @@ void Session::loginAccepted(std::string verdict) {
   if (listener_.config.protocol == config::Protocol::Smtp) {
     // SMTP stays parsed after authentication, as in passthrough: XCLIENT/XFORWARD from a
     // client must never reach a server that trusts postern.
-    protocol::Policy policy;
+    protocol::Policy policy = listenerPolicy();
     // With TLS the filter treats the session as TLS; without, STARTTLS is no longer postern's
     // to answer (nor to offer) once the session is authenticated.
     policy.listenerTls = clientTls_ != nullptr ? config::TlsMode::Implicit : config::TlsMode::None;
-    policy.requireTls = listener_.config.require_tls;
-    policy.allowAuth = listener_.config.allow_auth;
-    policy.maxLineLength = listener_.config.limits.max_line_length;
     filter_ = protocol::makeSmtpFilterAfterLogin(policy);
   }
   if (!becomeReady()) {

@@ -142,6 +142,8 @@ private:
 
   // Login mode (SPEC §5): postern greets and reads credentials, then routes by user.
   bool loginMode() const { return listener_.config.mode == config::Mode::Login; }
+  // What the listener allows, for the protocol dialogues.
+  protocol::Policy listenerPolicy() const;
   void startLogin();
   void applyLogin();
   void credentialsCaptured(protocol::Credentials credentials, std::string helo);
