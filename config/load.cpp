@@ -433,7 +433,9 @@ void readListener(Loader& loader, const toml::table& table, const std::string& p
                    cidr.error());
     }
   }
-  if (listener.accept_proxy_protocol && !reader.has("trusted_proxies")) {
+  // SPEC §3: the list is required, and an empty one would trust nobody (every header refused)
+  // or, read carelessly, everybody; both are configuration mistakes.
+  if (listener.accept_proxy_protocol && proxies.empty()) {
     loader.error(reader.keyLocation("accept_proxy_protocol"), prefix + ".trusted_proxies",
                  "accept_proxy_protocol = true needs trusted_proxies (the CIDRs allowed to send "
                  "the header)");

@@ -106,6 +106,7 @@ void TlsStream::afterEngine(tls::Engine::State state) {
 }
 
 void TlsStream::onRead(std::span<const char> ciphertext) {
+  heardFromPeer_ = heardFromPeer_ || !ciphertext.empty();
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
   afterEngine(engine_->receive(ciphertext, out, *this));
 }

@@ -35,6 +35,8 @@ public:
   const sockaddr_storage& peer() const override { return tcp_->peer(); }
 
   const tls::Engine& engine() const { return *engine_; }
+  // Whether the peer has sent any byte at all (a TCP check that connects and closes has not).
+  bool heardFromPeer() const { return heardFromPeer_; }
   // Ciphertext that reached the owner before the stream was wrapped (after a PROXY header).
   void receive(std::span<const char> ciphertext) { onRead(ciphertext); }
 
@@ -64,6 +66,7 @@ private:
   bool paused_ = true;
   bool closed_ = false;
   bool ended_ = false;
+  bool heardFromPeer_ = false;
 };
 
 } // namespace net

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config/model.h"
+#include "proxy/protocol/line_reader.h"
 
 #include <memory>
 #include <span>
@@ -69,13 +70,10 @@ private:
   State state_;
   bool offered_ = false;
   bool forwarded_ = false;
-  std::string buffer_;
+  LineReader reader_{8192};
 };
 
 // "XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP\r\n" for a client address.
 std::string xclientCommand(const std::string& ip, bool ipv6, unsigned port);
-
-// "[ALERT] text" -> "text": drops leading bracketed response codes.
-std::string withoutResponseCodes(std::string_view text);
 
 } // namespace protocol

@@ -2,7 +2,10 @@
 // say goodbye (LOGOUT/QUIT, never a bare close that fills the server's logs).
 #include "proxy/protocol/health_probe.h"
 
+#include "proxy/protocol/imap/imap_syntax.h"
+#include "proxy/protocol/pop3/pop3_syntax.h"
 #include "proxy/protocol/registry.h"
+#include "proxy/protocol/smtp/smtp_syntax.h"
 
 namespace protocol {
 
@@ -66,7 +69,7 @@ HealthProbe::Result HealthProbe::line(std::string_view text) {
         text.size() < 3) {
       return fail("unexpected greeting: " + std::string(text.substr(0, 80)));
     }
-    if (protocol_ == config::Protocol::Smtp && text.size() > 3 && text[3] == '-') {
+    if (protocol_ == config::Protocol::Smtp && !smtp::parseReply(text).last) {
       return {}; // a multi-line greeting goes on
     }
     return askCapabilities();
@@ -74,17 +77,12 @@ HealthProbe::Result HealthProbe::line(std::string_view text) {
   case State::Capabilities:
     switch (protocol_) {
     case config::Protocol::Imap:
-      if (startsWithNoCase(text, "* CAPABILITY ")) {
-        std::string_view atoms = text.substr(13);
-        while (!atoms.empty()) {
-          auto [atom, rest] = splitWord(atoms);
-          if (!atom.empty()) {
-            capabilities_.emplace_back(atom);
-          }
-          atoms = rest;
+      if (text.starts_with("* ")) {
+        if (auto atoms = imap::capabilities(text)) {
+          capabilities_ = std::move(*atoms);
         }
-      } else if (text.starts_with("H1 ")) {
-        if (!startsWithNoCase(text.substr(3), "OK")) {
+      } else if (std::string_view status = imap::taggedStatus(text, "H1"); !status.empty()) {
+        if (!equalsNoCase(status, "OK")) {
           return fail("CAPABILITY failed: " + std::string(text.substr(0, 80)));
         }
         state_ = State::Goodbye;
@@ -92,26 +90,27 @@ HealthProbe::Result HealthProbe::line(std::string_view text) {
       }
       return {};
     case config::Protocol::Pop3:
-      if (capabilities_.empty() && text.starts_with("-ERR")) {
+      if (capabilities_.empty() && pop3::isError(text)) {
         state_ = State::Goodbye; // CAPA is optional (RFC 2449); the server still answered
         return goodbye;
       }
-      if (text == ".") {
+      if (pop3::isEnd(text)) {
         state_ = State::Goodbye;
         return goodbye;
       }
-      if (!text.starts_with("+OK")) {
-        capabilities_.emplace_back(text);
+      if (!pop3::isOk(text)) {
+        capabilities_.emplace_back(pop3::unstuffed(text));
       }
       return {};
-    case config::Protocol::Smtp:
-      if (!text.starts_with("250")) {
+    case config::Protocol::Smtp: {
+      smtp::ReplyLine reply = smtp::parseReply(text);
+      if (reply.code != "250") {
         return fail("EHLO failed: " + std::string(text.substr(0, 80)));
       }
-      if (text.size() > 4) {
-        capabilities_.emplace_back(text.substr(4));
+      if (!reply.text.empty()) {
+        capabilities_.emplace_back(reply.text);
       }
-      if (text.size() <= 3 || text[3] != '-') {
+      if (reply.last) {
         if (!capabilities_.empty()) {
           capabilities_.erase(capabilities_.begin()); // the first line is the server's name
         }
@@ -120,10 +119,11 @@ HealthProbe::Result HealthProbe::line(std::string_view text) {
       }
       return {};
     }
+    }
     return {};
   case State::Goodbye: {
     // The server acknowledged the goodbye: the check is over, the server is healthy.
-    bool tagged = protocol_ != config::Protocol::Imap || text.starts_with("H2 ");
+    bool tagged = protocol_ != config::Protocol::Imap || !imap::taggedStatus(text, "H2").empty();
     if (!tagged) {
       return {};
     }

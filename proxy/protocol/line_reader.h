@@ -35,6 +35,9 @@ public:
     return line;
   }
 
+  // A new cap for lines not yet read (SMTP after authentication takes longer ones).
+  void setMaxLine(std::size_t maxLine) { maxLine_ = maxLine; }
+
   bool tooLong() const {
     std::string_view rest = pending();
     std::size_t newline = rest.find('\n');

@@ -14,6 +14,10 @@ std::string addressKey(const std::string& address) { return "a|" + address; }
 std::string userKey(const std::string& address, const std::string& user) {
   return "u|" + address + "|" + std::to_string(std::hash<std::string>{}(user));
 }
+// The user alone, whatever the address: a distributed guess spreads over many addresses.
+std::string anywhereKey(const std::string& user) {
+  return "g|" + std::to_string(std::hash<std::string>{}(user));
+}
 
 constexpr std::size_t kMaxTracked = 200000; // bounded memory under a spray of addresses
 
@@ -58,10 +62,15 @@ AuthThrottle::Decision AuthThrottle::attempt(const std::string& address, const s
     return decision;
   }
   Count& byUser = at(userKey(address, user), nowMs);
-  decision.delay = std::max(delayFor(byAddress.failures, beforeDelay_ * 4),
-                            delayFor(byUser.failures, beforeDelay_));
+  // SPEC §8: failures for one user from many addresses delay too (four times the per-user
+  // threshold), but never block: the owner of the account must still be able to log in.
+  Count& anywhere = at(anywhereKey(user), nowMs);
+  decision.delay = std::max({delayFor(byAddress.failures, beforeDelay_ * 4),
+                             delayFor(byUser.failures, beforeDelay_),
+                             delayFor(anywhere.failures, beforeDelay_ * 4)});
   ++byUser.failures;
   ++byAddress.failures;
+  ++anywhere.failures;
   if (beforeBlock_ > 0 && byAddress.failures >= beforeBlock_) {
     byAddress.blockedUntil = nowMs + block_;
   }
@@ -71,6 +80,10 @@ AuthThrottle::Decision AuthThrottle::attempt(const std::string& address, const s
 void AuthThrottle::succeeded(const std::string& address, const std::string& user) {
   std::lock_guard lock(mutex_);
   counts_.erase(userKey(address, user));
+  auto anywhere = counts_.find(anywhereKey(user));
+  if (anywhere != counts_.end() && anywhere->second.failures > 0) {
+    --anywhere->second.failures; // refunded, like the address: others may still be guessing
+  }
   auto byAddress = counts_.find(addressKey(address));
   if (byAddress != counts_.end() && byAddress->second.failures > 0 &&
       byAddress->second.blockedUntil == 0) {
@@ -94,7 +107,9 @@ void AuthThrottle::prune(std::uint64_t nowMs) {
   });
   if (counts_.size() >= kMaxTracked) {
     // Still full of live entries: drop the per-user ones first (addresses keep their blocks).
-    std::erase_if(counts_, [](const auto& entry) { return entry.first.starts_with("u|"); });
+    std::erase_if(counts_, [](const auto& entry) {
+      return entry.first.starts_with("u|") || entry.first.starts_with("g|");
+    });
   }
 }
 

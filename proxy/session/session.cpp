@@ -706,6 +706,14 @@ void Session::onClientError(int status) {
     return;
   }
   if (phase_ == Phase::Handshaking) {
+    if (!static_cast<const net::TlsStream*>(client_)->heardFromPeer()) {
+      // SPEC §6: a connection that closes before sending a byte (a load balancer's TCP check,
+      // a port scan) is no failed handshake: the client simply closed.
+      logging::debug("client closed before the TLS handshake",
+                     {{"listener", listener_.config.name}, {"client", clientAddress_}});
+      close(metrics::CloseReason::ClientClosed);
+      return;
+    }
     handshakeFailed(status == net::kTlsFailure ? clientTls_->error() : uv_strerror(status));
     return;
   }
@@ -967,6 +975,9 @@ void Session::credentialsCaptured(protocol::Credentials credentials, std::string
   login_->credentials = std::move(credentials);
   client_->pauseReading();
   if (decision.delay.count() > 0) {
+    // SPEC §8: every attempt the throttle delays counts as throttled (its verdict, when it
+    // comes, counts as ok or failed as well).
+    listener_.metrics.auth(login_->mechanism, metrics::AuthResult::Throttled);
     logging::info("authentication delayed", {{"listener", listener_.config.name},
                                              {"client", clientAddress_},
                                              {"user", user_},

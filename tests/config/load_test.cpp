@@ -303,6 +303,14 @@ TEST(LoadConfig, ProxyProtocolNeedsTrustedProxies) {
                           "true needs trusted_proxies (the CIDRs allowed to send the header)");
 }
 
+TEST(LoadConfig, ProxyProtocolNeedsANonEmptyTrustedProxies) {
+  std::string text = kMinimal;
+  text.insert(text.find("backend = \"pool\""),
+              "accept_proxy_protocol = true\ntrusted_proxies = []\n");
+  EXPECT_ONLY_ERROR(text, "postern.toml:6:1: listener[0].trusted_proxies: accept_proxy_protocol = "
+                          "true needs trusted_proxies (the CIDRs allowed to send the header)");
+}
+
 TEST(LoadConfig, HealthTimeoutLongerThanInterval) {
   std::string text = std::string(kMinimal) + "health = { interval = \"1s\", timeout = \"2s\" }\n";
   EXPECT_ONLY_ERROR(text, "postern.toml:11:29: backend[0].health.timeout: the health check timeout "

@@ -520,8 +520,9 @@ class Throttling(unittest.TestCase):
             with self.assertRaises(imaplib.IMAP4.error) as blocked:
                 imap.login(USER, PASSWORD)
             self.assertIn("UNAVAILABLE", str(blocked.exception))
+        # SPEC §8: the two delayed attempts and the refused one count as throttled.
         self.assertEqual(postern.metric("postern_auth_total", listener="imap", mechanism="login",
-                                        result="throttled"), 1)
+                                        result="throttled"), 3)
         self.assertEqual(postern.metric("postern_auth_total", listener="imap", mechanism="login",
                                         result="failed"), 4)
         self.assertEqual(seen, harness.read_tail(servers.dovecot_log, 400).count("Password mismatch"))

@@ -1,23 +1,9 @@
 // IMAP backend STARTTLS (RFC 9051 §6.2.1): greeting, CAPABILITY, STARTTLS; PREAUTH, a missing
 // STARTTLS, a refusal or bytes after the go-ahead make the backend a failed one.
 #include "proxy/protocol/backend_starttls.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/imap/imap_syntax.h"
 
 namespace protocol {
-
-std::string withoutResponseCodes(std::string_view text) {
-  while (text.starts_with('[')) {
-    std::size_t close = text.find(']');
-    if (close == std::string_view::npos) {
-      break;
-    }
-    text.remove_prefix(close + 1);
-    while (text.starts_with(' ')) {
-      text.remove_prefix(1);
-    }
-  }
-  return std::string(text);
-}
 
 namespace {
 
@@ -29,25 +15,29 @@ public:
     while (auto line = reader_.nextLine()) {
       std::string_view text = chomp(*line);
       switch (state_) {
-      case State::Greeting:
-        if (!startsWithNoCase(text, "* OK")) {
+      case State::Greeting: {
+        std::optional<imap::Status> greeting = imap::parseStatus(text);
+        if (!greeting || greeting->tag != "*" || !equalsNoCase(greeting->status, "OK")) {
           // PREAUTH would skip the login postern must see happen over TLS; BYE is a refusal.
           return failed(Failure::Greeting, "greeting was not \"* OK\": " + std::string(text));
         }
-        greeting_ = "* OK " + withoutResponseCodes(text.size() > 5 ? text.substr(5) : "") + "\r\n";
+        // SPEC §5.1: nothing learned before TLS reaches the client, no code wherever it stood.
+        std::string rest = withoutResponseCodes(text.substr(greeting->status.data() +
+                                                            greeting->status.size() - text.data()));
+        greeting_ = rest.empty() ? "* OK\r\n" : "* OK " + rest + "\r\n";
         state_ = State::Capability;
         result.step = Step::Send;
         result.toBackend = "P1 CAPABILITY\r\n";
         return result;
+      }
       case State::Capability:
-        if (startsWithNoCase(text, "* CAPABILITY ")) {
-          std::string_view atoms = text.substr(13);
-          while (!atoms.empty()) {
-            auto [atom, rest] = splitWord(atoms);
-            offered_ = offered_ || equalsNoCase(atom, "STARTTLS");
-            atoms = rest;
+        if (text.starts_with("* ")) {
+          if (auto atoms = imap::capabilities(text)) {
+            for (const std::string& atom : *atoms) {
+              offered_ = offered_ || equalsNoCase(atom, "STARTTLS");
+            }
           }
-        } else if (text.starts_with("P1 ")) {
+        } else if (!imap::taggedStatus(text, "P1").empty()) {
           if (!offered_) {
             return failed(Failure::NoStartTls, "server does not offer STARTTLS");
           }
@@ -58,8 +48,8 @@ public:
         }
         break;
       case State::StartTls:
-        if (text.starts_with("P2 ")) {
-          if (!startsWithNoCase(text.substr(3), "OK")) {
+        if (std::string_view status = imap::taggedStatus(text, "P2"); !status.empty()) {
+          if (!equalsNoCase(status, "OK")) {
             return failed(Failure::Refused, "STARTTLS refused: " + std::string(text));
           }
           if (!reader_.empty()) {

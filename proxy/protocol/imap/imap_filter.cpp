@@ -1,47 +1,21 @@
 // IMAP before authentication (RFC 9051, 3501, 2595, 7888): STARTTLS answered by postern,
 // capabilities rewritten wherever they appear, LOGIN/AUTHENTICATE refused before TLS where TLS is
-// required, literals ({n}, {n+}) and AUTHENTICATE continuations passed through as data.
+// required, literals ({n}, {n+}) and AUTHENTICATE continuations passed through as data, ID
+// relayed without the fields that claim the client's address. Every line is read with the IMAP
+// syntax module (imap_syntax.h), as the login dialogue and the backend dialogues read it.
+#include "proxy/protocol/imap/imap_syntax.h"
 #include "proxy/protocol/line_filter.h"
 
-#include <charconv>
+#include <deque>
 #include <optional>
-#include <vector>
 
 namespace protocol {
 
 namespace {
 
-// The literal announced at the end of a line ("{12}" or "{12+}"), if any.
-struct Literal {
-  std::size_t size;
-  bool synchronising;
-};
-
-std::optional<Literal> literalAtEnd(std::string_view line) {
-  std::string_view text = chomp(line);
-  if (!text.ends_with('}')) {
-    return std::nullopt;
-  }
-  std::size_t open = text.rfind('{');
-  if (open == std::string_view::npos) {
-    return std::nullopt;
-  }
-  std::string_view inside = text.substr(open + 1, text.size() - open - 2);
-  bool nonSync = inside.ends_with('+');
-  if (nonSync) {
-    inside.remove_suffix(1);
-  }
-  std::size_t size = 0;
-  auto [end, error] = std::from_chars(inside.data(), inside.data() + inside.size(), size);
-  if (inside.empty() || error != std::errc{} || end != inside.data() + inside.size()) {
-    return std::nullopt;
-  }
-  return Literal{size, !nonSync};
-}
-
 class ImapFilter final : public LineFilter {
 public:
-  explicit ImapFilter(const Policy& policy) : LineFilter(policy) {}
+  explicit ImapFilter(const Policy& policy) : LineFilter(policy), budget_(policy.maxLineLength) {}
 
   void fromClient(std::span<const char> data, Output& out) override {
     if (relayedFromClient(data, out)) {
@@ -52,48 +26,7 @@ public:
       return;
     }
     client_.append(data);
-    while (!relay_ && !out.close && !out.startTls && deferredStartTls_.empty()) {
-      if (awaitingContinuation_ && !client_.empty()) {
-        // A synchronising literal is sent only after the server's "+": the server may refuse
-        // the command instead, and then these bytes would be commands postern never checked.
-        out.toClient += "* BYE Literal data sent before the server's continuation\r\n";
-        out.close = true;
-        break;
-      }
-      if (clientLiteral_ > 0) {
-        std::string_view raw = client_.takeRaw(clientLiteral_);
-        if (raw.empty()) {
-          break;
-        }
-        clientLiteral_ -= raw.size();
-        if (!dropping_) {
-          out.toBackend += raw;
-        }
-        continue;
-      }
-      auto line = client_.nextLine();
-      if (!line) {
-        if (client_.tooLong()) {
-          out.toClient += "* BYE Line too long\r\n";
-          out.close = true;
-        }
-        break;
-      }
-      if (continuing_) {
-        // The rest of a command after a literal.
-        if (!dropping_) {
-          out.toBackend += *line;
-        }
-        afterCommandLine(*line);
-        continue;
-      }
-      if (!saslTag_.empty()) {
-        out.toBackend += *line; // an AUTHENTICATE response line, not a command
-        continue;
-      }
-      command(*line, out);
-    }
-    client_.compact();
+    processClient(out);
   }
 
   void fromBackend(std::span<const char> data, Output& out) override {
@@ -121,6 +54,11 @@ public:
       response(*line, out);
     }
     backend_.compact();
+    if (resumeClient_ && !relay_ && !out.close && !out.startTls) {
+      // The server answered an AUTHENTICATE step: client lines held for it can go on now.
+      resumeClient_ = false;
+      processClient(out);
+    }
   }
 
   void tlsStarted(Output&) override {
@@ -135,6 +73,66 @@ private:
     Kind kind;
   };
 
+  // The client's buffered lines, as far as they can go now.
+  void processClient(Output& out) {
+    while (!relay_ && !out.close && !out.startTls && deferredStartTls_.empty()) {
+      if (awaitingContinuation_ && !client_.empty()) {
+        // A synchronising literal is sent only after the server's "+": the server may refuse
+        // the command instead, and then these bytes would be commands postern never checked.
+        out.toClient += "* BYE Literal data sent before the server's continuation\r\n";
+        out.close = true;
+        break;
+      }
+      if (clientLiteral_ > 0) {
+        std::string_view raw = client_.takeRaw(clientLiteral_);
+        if (raw.empty()) {
+          break;
+        }
+        clientLiteral_ -= raw.size();
+        if (!dropping_) {
+          out.toBackend += raw;
+        }
+        continue;
+      }
+      if (!saslTag_.empty() && !saslTurn_ && !continuing_) {
+        // After AUTHENTICATE a line is SASL data only once the server asked for it ("+");
+        // until its answer the next lines wait, bounded like one line. (Forwarded blindly, a
+        // line pipelined after an AUTHENTICATE the server refuses would run there as a command
+        // postern never checked: an ID claiming another address, say.)
+        if (client_.pending().size() > policy_.maxLineLength) {
+          out.toClient += "* BYE Line too long\r\n";
+          out.close = true;
+        }
+        break;
+      }
+      auto line = client_.nextLine();
+      if (!line) {
+        if (client_.tooLong()) {
+          out.toClient += "* BYE Line too long\r\n";
+          out.close = true;
+        }
+        break;
+      }
+      if (continuing_) {
+        continuation(*line, out);
+        continue;
+      }
+      if (!saslTag_.empty()) {
+        if (hasControlByte(chomp(*line))) {
+          // The server waits for this response; refused here, the two would be out of step.
+          out.toClient += imap::kInvalidCharacters;
+          out.close = true;
+          break;
+        }
+        out.toBackend += *line; // the AUTHENTICATE response the server asked for
+        saslTurn_ = false;
+        continue;
+      }
+      command(*line, out);
+    }
+    client_.compact();
+  }
+
   void rejectInjection(std::string_view tag, Output& out) {
     // CVE-2011-0411 class: commands pipelined after STARTTLS must never run inside TLS.
     out.toClient += std::string(tag) + " BAD Commands pipelined after STARTTLS\r\n";
@@ -142,20 +140,61 @@ private:
     out.close = true;
   }
 
+  // SPEC §5.1: a literal is taken only if it fits what is left of the command's budget
+  // (max_line_length for the whole command, literals included), checked before a byte of it
+  // is read or the line announcing it goes anywhere. False: the session is being closed.
+  bool admitLiteral(std::string_view line, Output& out) {
+    imap::Literal literal = imap::literalAtEnd(chomp(line));
+    if (literal.kind == imap::Literal::Kind::Invalid) {
+      out.toClient += imap::kInvalidLiteral;
+      out.close = true;
+      return false;
+    }
+    if (literal.kind == imap::Literal::Kind::Announced && !budget_.take(literal.size)) {
+      out.toClient += imap::kLiteralTooLarge;
+      out.close = true;
+      return false;
+    }
+    return true;
+  }
+
+  // The rest of a command after a literal: relayed (or dropped with its command).
+  void continuation(std::string_view line, Output& out) {
+    if (!dropping_ && hasControlByte(chomp(line))) {
+      // The command's start reached the server already; the session cannot go on in step.
+      out.toClient += imap::kInvalidCharacters;
+      out.close = true;
+      return;
+    }
+    if (!budget_.take(line.size())) {
+      out.toClient += "* BYE Command too long\r\n";
+      out.close = true;
+      return;
+    }
+    if (!admitLiteral(line, out)) {
+      return;
+    }
+    if (!dropping_) {
+      out.toBackend += line;
+    }
+    afterCommandLine(line);
+  }
+
   // Literal bookkeeping after a (part of a) command line that was forwarded or dropped.
   void afterCommandLine(std::string_view line) {
-    if (auto literal = literalAtEnd(line)) {
-      if (!dropping_ && literal->synchronising) {
+    imap::Literal literal = imap::literalAtEnd(chomp(line));
+    if (literal.kind == imap::Literal::Kind::Announced) {
+      if (!dropping_ && literal.synchronising) {
         // Counted only once the backend says "+"; a tagged reply instead ends the command.
         continuing_ = true;
         awaitingContinuation_ = true;
-        awaitedLiteral_ = literal->size;
+        awaitedLiteral_ = literal.size;
         return;
       }
       continuing_ = true;
       // A refused command's synchronising literal never comes: the client waits for "+".
-      clientLiteral_ = dropping_ && literal->synchronising ? 0 : literal->size;
-      if (dropping_ && literal->synchronising) {
+      clientLiteral_ = dropping_ && literal.synchronising ? 0 : literal.size;
+      if (dropping_ && literal.synchronising) {
         continuing_ = false;
         dropping_ = false;
       }
@@ -165,50 +204,87 @@ private:
     dropping_ = false;
   }
 
-  void refuse(std::string_view tag, std::string_view line, const char* text, Output& out) {
-    out.toClient += std::string(tag) + " " + text + "\r\n";
+  // Answers a command postern will not relay; what it announced as a literal is skipped.
+  void refuse(std::string_view line, std::string reply, Output& out) {
+    if (!admitLiteral(line, out)) {
+      return;
+    }
+    out.toClient += reply;
     dropping_ = true;
     afterCommandLine(line);
   }
 
+  // A command forwarded to the server, its answer awaited in order.
+  bool forward(std::string_view tag, std::string_view line, Kind kind, Output& out) {
+    if (pending_.size() >= kMaxPending) {
+      // SPEC §5.1: pipelines are bounded, as in POP3 and SMTP.
+      out.toClient += imap::kTooManyPipelined;
+      out.close = true;
+      return false;
+    }
+    if (!admitLiteral(line, out)) {
+      return false;
+    }
+    out.toBackend += line;
+    pending_.push_back({std::string(tag), kind});
+    afterCommandLine(line);
+    return true;
+  }
+
   void command(std::string_view line, Output& out) {
-    auto [tag, rest] = splitCommand(chomp(line));
+    budget_.reset();
+    budget_.take(line.size()); // a line fits: the reader caps it at max_line_length
+    auto parsed = imap::parseCommandLine(line);
+    if (!parsed) {
+      // SPEC §5.1: a control byte, or no tag a server reads as postern does.
+      refuse(line, imap::commandError(line, parsed.error()), out);
+      return;
+    }
+    auto [tag, verb, arguments] = *parsed;
     commandTag_ = std::string(tag);
-    auto [verb, arguments] = splitCommand(rest);
     if (equalsNoCase(verb, "STARTTLS")) {
       startTls(tag, arguments, line, out);
       return;
     }
     if (equalsNoCase(verb, "LOGIN") || equalsNoCase(verb, "AUTHENTICATE")) {
       if (!policy_.allowAuth) {
-        refuse(tag, line, "NO [CANNOT] Authentication is not available here", out);
+        refuse(line, std::string(tag) + " NO [CANNOT] Authentication is not available here\r\n",
+               out);
         return;
       }
       if (policy_.requireTls && !tls_) {
-        refuse(tag, line, "NO [PRIVACYREQUIRED] Use STARTTLS before authenticating", out);
+        refuse(line,
+               std::string(tag) + " NO [PRIVACYREQUIRED] Use STARTTLS before authenticating\r\n",
+               out);
         out.events.push_back(
             {Event::AuthRefusedPlaintext,
              mechanismLabel(equalsNoCase(verb, "LOGIN") ? verb : splitWord(arguments).first)});
         return;
       }
-      out.toBackend += line;
-      pending_.push_back({std::string(tag), Kind::Auth});
-      if (equalsNoCase(verb, "AUTHENTICATE")) {
+      if (forward(tag, line, Kind::Auth, out) && equalsNoCase(verb, "AUTHENTICATE")) {
         saslTag_ = std::string(tag);
+        saslTurn_ = false;
       }
-      afterCommandLine(line);
       return;
     }
-    out.toBackend += line;
-    pending_.push_back({std::string(tag), Kind::Other});
-    afterCommandLine(line);
+    if (equalsNoCase(verb, "ID")) {
+      // SPEC §5.1: a Dovecot that trusts postern's address believes x-originating-ip and the
+      // like; only postern may say who the client is.
+      std::optional<std::string> id = imap::idWithoutAddressClaims(arguments);
+      if (!id) {
+        refuse(line, std::string(tag) + " BAD Invalid ID parameters\r\n", out);
+        return;
+      }
+      forward(tag, std::string(tag) + " ID " + *id + "\r\n", Kind::Other, out);
+      return;
+    }
+    forward(tag, line, Kind::Other, out);
   }
 
   void startTls(std::string_view tag, std::string_view arguments, std::string_view line,
                 Output& out) {
     if (policy_.listenerTls == config::TlsMode::None) {
-      out.toBackend += line; // the backend's own STARTTLS, end to end
-      pending_.push_back({std::string(tag), Kind::StartTlsForwarded});
+      forward(tag, line, Kind::StartTlsForwarded, out); // the backend's own STARTTLS, end to end
       return;
     }
     if (tls_ || !arguments.empty()) {
@@ -233,53 +309,70 @@ private:
     deferredTag_ = std::string(tag);
   }
 
+  // The pending command a tagged answer belongs to: answers come in order, so the first one
+  // is checked first and the work per answer does not grow with the queue (SPEC §5.1).
+  std::deque<Pending>::iterator findPending(std::string_view tag) {
+    if (!pending_.empty() && pending_.front().tag == tag) {
+      return pending_.begin();
+    }
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (it->tag == tag) {
+        return it;
+      }
+    }
+    return pending_.end();
+  }
+
   void response(std::string_view line, Output& out) {
-    std::string rewritten = rewriteCapabilities(line);
-    out.toClient += rewritten;
-    if (auto literal = literalAtEnd(line)) {
-      backendLiteral_ = literal->size;
+    if (!greeted_) {
+      greeted_ = true;
+      greeting(line, out);
+      return;
+    }
+    out.toClient += rewriteCapabilities(line);
+    imap::Literal literal = imap::literalAtEnd(chomp(line));
+    if (literal.kind == imap::Literal::Kind::Announced) {
+      backendLiteral_ = literal.size;
     }
     if (line.starts_with("* ")) {
-      if (!greeted_) {
-        greeted_ = true;
-        if (startsWithNoCase(line, "* PREAUTH")) {
-          authenticated_ = true; // the backend needs no login from this client
-          goRelay(out);
-        }
-      }
       return;
     }
     if (line.starts_with("+")) {
       if (awaitingContinuation_ && saslTag_.empty()) {
         awaitingContinuation_ = false;
         clientLiteral_ = awaitedLiteral_;
+        resumeClient_ = true;
+      } else if (!saslTag_.empty()) {
+        saslTurn_ = true; // the client's next line is its AUTHENTICATE response
+        resumeClient_ = true;
       }
-      return; // a continuation: for a literal or an AUTHENTICATE step
+      return;
     }
-    auto [tag, rest] = splitWord(chomp(line));
-    auto [status, text] = splitWord(rest);
-    if (awaitingContinuation_ && tag == commandTag_) {
+    std::optional<imap::Status> status = imap::parseStatus(line);
+    if (!status) {
+      return;
+    }
+    if (awaitingContinuation_ && status->tag == commandTag_) {
       awaitingContinuation_ = false; // refused instead of "+": the literal never comes
       continuing_ = false;
     }
-    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-      if (it->tag != tag) {
-        continue;
-      }
+    auto it = findPending(status->tag);
+    if (it != pending_.end()) {
       Kind kind = it->kind;
       pending_.erase(it);
-      if (tag == saslTag_) {
+      if (status->tag == saslTag_) {
         saslTag_.clear();
+        saslTurn_ = false;
+        resumeClient_ = true;
       }
-      if (kind == Kind::Auth && equalsNoCase(status, "OK")) {
+      if (kind == Kind::Auth && equalsNoCase(status->status, "OK")) {
         out.events.push_back({Event::Authenticated});
         authenticated_ = true;
       }
-      if (kind == Kind::StartTlsForwarded && equalsNoCase(status, "OK")) {
+      if (kind == Kind::StartTlsForwarded && equalsNoCase(status->status, "OK")) {
         goRelay(out); // TLS end to end with the backend
         return;
       }
-      break;
     }
     if (!deferredStartTls_.empty() && pending_.empty()) {
       out.toClient += deferredStartTls_;
@@ -292,31 +385,35 @@ private:
     }
   }
 
+  // SPEC §5.1: the greeting reaches the client with every response code removed wherever it
+  // stands ("[ALERT]", "[REFERRAL ...]", a "[CAPABILITY" in the middle of the text); then the
+  // capabilities it carried in its code, rewritten by postern's rules, lead it again.
+  void greeting(std::string_view line, Output& out) {
+    std::optional<imap::Status> status = imap::parseStatus(line);
+    if (!status || status->tag != "*") {
+      out.toClient += line;
+      return;
+    }
+    if (equalsNoCase(status->status, "PREAUTH")) {
+      out.toClient += line;
+      authenticated_ = true; // the backend needs no login from this client
+      goRelay(out);
+      return;
+    }
+    std::string text = withoutResponseCodes(status->text);
+    std::string rewritten = "* " + std::string(status->status);
+    if (std::optional<std::vector<std::string>> atoms = imap::capabilities(line)) {
+      rewritten += " [CAPABILITY " + capabilityList(*atoms) + "]";
+    }
+    if (!text.empty()) {
+      rewritten += " " + text;
+    }
+    out.toClient += rewritten + "\r\n";
+  }
+
   // SPEC §5: the capability list as this listener offers it. STARTTLS and LOGINDISABLED are
   // postern's to say on a TLS-terminating listener; AUTH= goes where login may not happen yet.
-  std::string rewriteCapabilities(std::string_view line) {
-    std::string_view text = chomp(line);
-    std::size_t start;
-    std::size_t end;
-    if (startsWithNoCase(text, "* CAPABILITY ")) {
-      start = 13;
-      end = text.size();
-    } else {
-      std::size_t code = 0;
-      for (; code + 12 <= text.size(); ++code) {
-        if (startsWithNoCase(text.substr(code), "[CAPABILITY ")) {
-          break;
-        }
-      }
-      if (code + 12 > text.size()) {
-        return std::string(line);
-      }
-      start = code + 12;
-      end = text.find(']', start);
-      if (end == std::string_view::npos) {
-        return std::string(line);
-      }
-    }
+  std::string capabilityList(const std::vector<std::string>& atoms) const {
     bool terminating = policy_.listenerTls != config::TlsMode::None;
     bool hideAuth = !policy_.allowAuth || (policy_.requireTls && !tls_);
     std::string list;
@@ -326,13 +423,7 @@ private:
       }
       list += atom;
     };
-    std::string_view atoms = text.substr(start, end - start);
-    while (!atoms.empty()) {
-      auto [atom, rest] = splitWord(atoms);
-      atoms = rest;
-      if (atom.empty()) {
-        continue;
-      }
+    for (const std::string& atom : atoms) {
       if (terminating && (equalsNoCase(atom, "STARTTLS") || equalsNoCase(atom, "LOGINDISABLED"))) {
         continue;
       }
@@ -347,11 +438,28 @@ private:
     if (hideAuth) {
       add("LOGINDISABLED");
     }
-    return std::string(text.substr(0, start)) + list + std::string(text.substr(end)) + "\r\n";
+    return list;
   }
 
-  std::vector<Pending> pending_;
+  // A capability list wherever the IMAP syntax says one stands ("* CAPABILITY ...", or a
+  // status response's "[CAPABILITY ...]" code), rewritten; every other line as it is.
+  std::string rewriteCapabilities(std::string_view line) const {
+    std::string_view text = chomp(line);
+    std::optional<imap::Span> span = imap::capabilitySpan(text);
+    std::optional<std::vector<std::string>> atoms = imap::capabilities(text);
+    if (!span || !atoms) {
+      return std::string(line);
+    }
+    return std::string(text.substr(0, span->start)) + capabilityList(*atoms) +
+           std::string(text.substr(span->end)) + "\r\n";
+  }
+
+  std::deque<Pending> pending_;
+  static constexpr std::size_t kMaxPending = 1000;
+  ByteBudget budget_; // the current command's bytes, literals included
   std::string saslTag_;
+  bool saslTurn_ = false;     // the server asked ("+") for the client's next SASL line
+  bool resumeClient_ = false; // the server answered: process held client lines
   std::string deferredStartTls_;
   std::string deferredTag_;
   std::size_t clientLiteral_ = 0;

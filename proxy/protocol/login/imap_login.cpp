@@ -1,9 +1,9 @@
 // IMAP in login mode (RFC 9051/3501 §6.1-6.2, RFC 4959 SASL-IR, RFC 7888 literals, RFC 2971 ID):
 // postern greets, answers CAPABILITY/NOOP/ID/LOGOUT/STARTTLS, captures LOGIN (atoms, quoted
 // strings, literals) and AUTHENTICATE; the replay logs in at the server with the client's tag.
+#include "proxy/protocol/imap/imap_syntax.h"
 #include "proxy/protocol/login/login_common.h"
 
-#include <charconv>
 
 namespace protocol {
 
@@ -19,73 +19,6 @@ struct Words {
     items.clear();
   }
 };
-
-enum class Tokenised { Complete, Literal, Bad };
-
-struct LiteralSpec {
-  std::size_t size = 0;
-  bool synchronising = true;
-};
-
-// Splits one line segment (CRLF removed) into `words`; a "{n}" / "{n+}" at its end announces a
-// literal.
-Tokenised tokenise(std::string_view text, Words& words, LiteralSpec& literal) {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    char c = text[i];
-    if (c == ' ') {
-      ++i;
-      continue;
-    }
-    if (c == '(' || c == ')') {
-      words.items.emplace_back(1, c);
-      ++i;
-      continue;
-    }
-    if (c == '"') {
-      std::string value;
-      ++i;
-      bool closed = false;
-      while (i < text.size()) {
-        char d = text[i++];
-        if (d == '\\' && i < text.size() && (text[i] == '\\' || text[i] == '"')) {
-          value.push_back(text[i++]);
-          continue;
-        }
-        if (d == '"') {
-          closed = true;
-          break;
-        }
-        value.push_back(d);
-      }
-      if (!closed) {
-        return Tokenised::Bad;
-      }
-      words.items.push_back(std::move(value));
-      continue;
-    }
-    if (c == '{' && text.ends_with('}')) {
-      std::string_view inside = text.substr(i + 1, text.size() - i - 2);
-      literal.synchronising = !inside.ends_with('+');
-      if (!literal.synchronising) {
-        inside.remove_suffix(1);
-      }
-      auto [end, error] =
-          std::from_chars(inside.data(), inside.data() + inside.size(), literal.size);
-      if (inside.empty() || error != std::errc{} || end != inside.data() + inside.size()) {
-        return Tokenised::Bad;
-      }
-      return Tokenised::Literal;
-    }
-    std::size_t end = text.find_first_of(" ()", i);
-    if (end == std::string_view::npos) {
-      end = text.size();
-    }
-    words.items.emplace_back(text.substr(i, end - i));
-    i = end;
-  }
-  return Tokenised::Complete;
-}
 
 bool isPasswordWord(std::string_view word) {
   return startsWithNoCase(word, "AUTH=") || equalsNoCase(word, "LOGINDISABLED") ||
@@ -168,25 +101,46 @@ private:
     std::string_view text = chomp(line);
     if (!continuing_) {
       words_.wipe();
-      commandBytes_ = 0;
+      budget_.reset();
     }
     continuing_ = false;
-    // A whole command, literals included, is bounded like a line: nothing before login needs
-    // more, and literal after literal would otherwise grow without end.
-    commandBytes_ += text.size();
-    LiteralSpec literal;
-    switch (tokenise(text, words_, literal)) {
-    case Tokenised::Bad:
-      finish(out, "BAD Invalid arguments");
+    imap::Literal announced = imap::literalAtEnd(text);
+    if (hasControlByte(text)) {
+      // SPEC §5.1: a syntax error. A literal it announces without waiting would arrive as
+      // commands, so that one ends the session.
+      if (announced.kind != imap::Literal::Kind::None && !announced.synchronising) {
+        closeWith(imap::kInvalidCharacters, out);
+        return;
+      }
+      std::string_view first = text.substr(0, text.find(' '));
+      std::string tag = !words_.items.empty() ? words_.items[0] : std::string(first);
+      out.toClient += (imap::validTag(tag) ? tag : "*") + " BAD Invalid characters in command\r\n";
+      words_.wipe();
       return;
-    case Tokenised::Literal:
-      commandBytes_ += literal.size;
-      if (words_.items.size() < 2 || commandBytes_ > policy_.maxLineLength ||
-          words_.items.size() > kMaxWords) {
+    }
+    // SPEC §5.1: a whole command, literals included, is bounded like a line: nothing before
+    // login needs more, and literal after literal would otherwise grow without end. Counted
+    // overflow-safe: a client-chosen size is checked against what is left, never added first.
+    if (!budget_.take(text.size())) {
+      closeWith("* BYE Command too long\r\n", out);
+      return;
+    }
+    imap::Literal literal;
+    switch (imap::tokenise(text, words_.items, literal)) {
+    case imap::Tokenised::Bad:
+      if (literal.kind == imap::Literal::Kind::Invalid) {
+        closeWith(imap::kInvalidLiteral, out);
+      } else if (literal.kind == imap::Literal::Kind::Announced && !literal.synchronising) {
+        closeWith(imap::kLiteralTooLarge, out); // its bytes would come as commands
+      } else {
+        finish(out, "BAD Invalid arguments");
+      }
+      return;
+    case imap::Tokenised::Literal:
+      if (words_.items.size() < 2 || words_.items.size() > kMaxWords ||
+          !budget_.take(literal.size)) {
         // A literal postern will not take: its bytes would be read as commands.
-        out.toClient += "* BYE Literal too large or misplaced\r\n";
-        out.close = true;
-        words_.wipe();
+        closeWith(imap::kLiteralTooLarge, out);
         return;
       }
       literalLeft_ = literal.size;
@@ -198,13 +152,11 @@ private:
         out.toClient += "+ Ready for literal data\r\n";
       }
       return;
-    case Tokenised::Complete:
+    case imap::Tokenised::Complete:
       break;
     }
-    if (commandBytes_ > policy_.maxLineLength || words_.items.size() > kMaxWords) {
-      out.toClient += "* BYE Command too long\r\n";
-      out.close = true;
-      words_.wipe();
+    if (words_.items.size() > kMaxWords) {
+      closeWith("* BYE Command too long\r\n", out);
       return;
     }
     if (words_.items.empty()) {
@@ -215,32 +167,22 @@ private:
     words_.wipe();
   }
 
+  void closeWith(std::string_view reply, LoginOutput& out) {
+    out.toClient += reply;
+    out.close = true;
+    words_.wipe();
+  }
+
   void finish(LoginOutput& out, std::string_view reply) {
     std::string tag = words_.items.empty() ? "*" : words_.items[0];
     out.toClient += tag + " " + std::string(reply) + "\r\n";
     words_.wipe();
   }
 
-  // RFC 9051 §9: a tag is ASTRING-CHARs except "+" (so never "*" or "+", which would read as
-  // an untagged or continuation line when the server's verdict comes back).
-  static bool validTag(std::string_view tag) {
-    if (tag.empty()) {
-      return false;
-    }
-    for (char c : tag) {
-      auto u = static_cast<unsigned char>(c);
-      if (u <= 0x20 || u >= 0x7f ||
-          std::string_view("(){%*\"\\+").find(c) != std::string_view::npos) {
-        return false;
-      }
-    }
-    return true;
-  }
-
   void command(LoginOutput& out) {
     std::vector<std::string>& w = words_.items;
     std::string tag = w[0];
-    if (!validTag(tag)) {
+    if (!imap::validTag(tag)) {
       out.toClient += "* BAD Invalid tag\r\n";
       return;
     }
@@ -351,7 +293,7 @@ private:
 
   static constexpr std::size_t kMaxWords = 64;
   Words words_;
-  std::size_t commandBytes_ = 0;
+  ByteBudget budget_{policy_.maxLineLength}; // the current command's bytes, literals included
   bool continuing_ = false;
   std::size_t literalLeft_ = 0;
   std::string literal_;
@@ -361,21 +303,7 @@ private:
 
 // ------------------------------------------------------------------------------------------
 
-bool quotable(std::string_view text) {
-  return text.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
-}
-
-std::string quoted(std::string_view text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-    }
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
+bool quotable(std::string_view text) { return !hasControlByte(text); }
 
 class ImapReplay final : public LineReplay {
 public:
@@ -396,44 +324,35 @@ private:
     return send("C CAPABILITY\r\n");
   }
 
-  void learn(std::string_view words) {
-    capabilities_.clear();
-    while (!words.empty()) {
-      auto [word, rest] = splitWord(words);
-      if (!word.empty()) {
-        capabilities_.emplace_back(word);
-      }
-      words = rest;
-    }
-  }
 
   Result line(std::string_view raw) override {
     std::string_view text = chomp(raw);
     switch (state_) {
     case State::Greeting: {
-      if (startsWithNoCase(text, "* OK")) {
-        std::string_view rest = text.substr(4);
-        std::size_t start = rest.find("[CAPABILITY ");
-        if (start != std::string_view::npos) {
-          std::size_t end = rest.find(']', start);
-          learn(rest.substr(start + 12, end == std::string_view::npos ? std::string_view::npos
-                                                                      : end - start - 12));
+      std::optional<imap::Status> greeting = imap::parseStatus(text);
+      if (greeting && greeting->tag == "*" && equalsNoCase(greeting->status, "OK")) {
+        // A capability code only where the syntax puts one (SPEC §5.1).
+        if (auto atoms = imap::capabilities(text)) {
+          capabilities_ = std::move(*atoms);
           return afterCapabilities();
         }
         return askCapabilities();
       }
-      return failed(startsWithNoCase(text, "* PREAUTH") ? "greeted with PREAUTH"
-                                                        : "not an IMAP greeting");
+      return failed(greeting && equalsNoCase(greeting->status, "PREAUTH")
+                        ? "greeted with PREAUTH"
+                        : "not an IMAP greeting");
     }
     case State::Capability:
-      if (startsWithNoCase(text, "* CAPABILITY ")) {
-        learn(text.substr(13));
-      } else if (text.starts_with("C ")) {
+      if (text.starts_with("* ")) {
+        if (auto atoms = imap::capabilities(text)) {
+          capabilities_ = std::move(*atoms);
+        }
+      } else if (!imap::taggedStatus(text, "C").empty()) {
         return afterCapabilities();
       }
       return {};
     case State::Id:
-      if (text.starts_with("I ")) {
+      if (!imap::taggedStatus(text, "I").empty()) {
         return authenticate();
       }
       return {};
@@ -446,7 +365,7 @@ private:
   Result afterCapabilities() {
     if (hasCapability(capabilities_, "ID") && !context_.clientIp.empty()) {
       state_ = State::Id;
-      return send("I ID (\"x-originating-ip\" " + quoted(context_.clientIp) +
+      return send("I ID (\"x-originating-ip\" " + imap::quoted(context_.clientIp) +
                   " \"x-originating-port\" \"" + std::to_string(context_.clientPort) + "\")\r\n");
     }
     return authenticate();
@@ -466,19 +385,18 @@ private:
     }
     if (!hasCapability(capabilities_, "LOGINDISABLED") && credentials_.authzid.empty() &&
         quotable(credentials_.user) && quotable(credentials_.secret)) {
-      return sendSecret(credentials_.tag + " LOGIN " + quoted(credentials_.user) + " " +
-                        quoted(credentials_.secret) + "\r\n");
+      return sendSecret(credentials_.tag + " LOGIN " + imap::quoted(credentials_.user) + " " +
+                        imap::quoted(credentials_.secret) + "\r\n");
     }
     return replayLoginMechanism(mechanisms, prefix);
   }
 
   Result authLine(std::string_view raw, std::string_view text) {
-    const std::string& tag = credentials_.tag;
     if (text.starts_with('+')) {
       return nextResponse();
     }
-    if (text.size() > tag.size() && text.starts_with(tag) && text[tag.size()] == ' ') {
-      return verdict(startsWithNoCase(text.substr(tag.size() + 1), "OK"), raw);
+    if (std::string_view status = imap::taggedStatus(text, credentials_.tag); !status.empty()) {
+      return verdict(equalsNoCase(status, "OK"), raw);
     }
     verdict_.append(raw); // untagged lines on the way (a CAPABILITY, an ALERT)
     return {};

@@ -2,6 +2,7 @@
 // CAPA/STLS/QUIT, captures USER/PASS and AUTH; the replay logs in with a mechanism the server
 // offers (SASL PLAIN, else USER/PASS, else SASL LOGIN).
 #include "proxy/protocol/login/login_common.h"
+#include "proxy/protocol/pop3/pop3_syntax.h"
 
 namespace protocol {
 
@@ -34,8 +35,8 @@ private:
   std::string capabilities() const {
     std::string out = "+OK Capability list follows\r\n";
     for (const std::string& line : offer_.capabilities) {
-      if (!equalsNoCase(line, "STLS") && !equalsNoCase(line, "USER") &&
-          !startsWithNoCase(line, "SASL")) {
+      std::string_view keyword = pop3::capabilityKeyword(line);
+      if (!pop3::isServersOwn(keyword) && !pop3::isAuthentication(keyword)) {
         out += line + "\r\n";
       }
     }
@@ -70,7 +71,12 @@ private:
   }
 
   void line(std::string_view raw, LoginOutput& out) override {
-    auto [verb, arguments] = splitCommand(chomp(raw));
+    std::optional<Command> parsed = pop3::parseCommand(raw);
+    if (!parsed) {
+      out.toClient += pop3::kInvalidCharacters; // SPEC §5.1
+      return;
+    }
+    auto [verb, arguments] = *parsed;
     if (equalsNoCase(verb, "CAPA")) {
       out.toClient += capabilities();
     } else if (equalsNoCase(verb, "QUIT")) {
@@ -176,37 +182,37 @@ private:
     std::string_view text = chomp(raw);
     switch (state_) {
     case State::Greeting:
-      if (!text.starts_with("+OK")) {
+      if (!pop3::isOk(text)) {
         return failed("not a POP3 greeting");
       }
       state_ = State::Capa;
       return send("CAPA\r\n");
     case State::Capa:
-      if (text.starts_with("+OK")) {
+      if (pop3::isOk(text)) {
         state_ = State::CapaList;
         return {};
       }
       return authenticate(); // no CAPA: try USER/PASS
     case State::CapaList:
-      if (text == ".") {
+      if (pop3::isEnd(text)) {
         return authenticate();
       }
-      capabilities_.emplace_back(text.starts_with("..") ? text.substr(1) : text);
+      capabilities_.emplace_back(pop3::unstuffed(text));
       return {};
     case State::User:
-      if (text.starts_with("+OK")) {
+      if (pop3::isOk(text)) {
         state_ = State::Auth;
         return sendSecret("PASS " + credentials_.secret + "\r\n");
       }
       return verdict(false, raw);
     case State::Auth:
-      if (text.starts_with("+OK")) {
+      if (pop3::isOk(text)) {
         return verdict(true, raw);
       }
-      if (text.starts_with("-ERR")) {
+      if (pop3::isError(text)) {
         return verdict(false, raw);
       }
-      if (text.starts_with('+')) {
+      if (pop3::isChallenge(text)) {
         return nextResponse();
       }
       return failed("unexpected reply to AUTH");
@@ -220,8 +226,9 @@ private:
     if (auto replayed = replaySasl(sasl, "AUTH ", true)) { // RFC 5034: initial responses
       return std::move(*replayed);
     }
-    bool lineSafe = credentials_.user.find_first_of("\r\n") == std::string::npos &&
-                    credentials_.secret.find_first_of("\r\n") == std::string::npos;
+    // USER and PASS carry the words as they are: only words without control bytes, which a
+    // server reads as postern sent them (SPEC §5.1).
+    bool lineSafe = !hasControlByte(credentials_.user) && !hasControlByte(credentials_.secret);
     if ((capabilities_.empty() || hasCapability(capabilities_, "USER")) &&
         credentials_.authzid.empty() && lineSafe) {
       state_ = State::User;

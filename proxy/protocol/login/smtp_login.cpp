@@ -2,16 +2,17 @@
 // EHLO/HELO/NOOP/RSET/QUIT/STARTTLS, requires AUTH before mail, captures AUTH; the replay greets
 // the server with the client's EHLO name and authenticates with PLAIN, else LOGIN.
 #include "proxy/protocol/login/login_common.h"
+#include "proxy/protocol/smtp/smtp_syntax.h"
 
 namespace protocol {
 
 namespace {
 
+// Extensions postern does not pass on: the servers' own (the same set the passthrough filter
+// hides, smtp_syntax.h) and authentication, which postern offers itself.
 bool isLocalExtension(std::string_view line) {
-  auto [keyword, rest] = splitWord(line);
-  return equalsNoCase(keyword, "STARTTLS") || startsWithNoCase(keyword, "AUTH") ||
-         equalsNoCase(keyword, "XCLIENT") || equalsNoCase(keyword, "XFORWARD") ||
-         equalsNoCase(keyword, "CHUNKING"); // BDAT stays refused after login (SMTP is parsed)
+  std::string_view keyword = splitWord(line).first;
+  return smtp::isServersOwn(keyword) || smtp::isAuthentication(keyword);
 }
 
 class SmtpLogin final : public LoginFront {
@@ -64,7 +65,12 @@ private:
   }
 
   void line(std::string_view raw, LoginOutput& out) override {
-    auto [verb, arguments] = splitCommand(chomp(raw));
+    std::optional<Command> parsed = smtp::parseCommand(raw);
+    if (!parsed) {
+      out.toClient += smtp::kInvalidCharacters; // SPEC §5.1
+      return;
+    }
+    auto [verb, arguments] = *parsed;
     if (equalsNoCase(verb, "EHLO") || equalsNoCase(verb, "HELO")) {
       if (arguments.empty()) {
         out.toClient += "501 5.5.4 Syntax: " + std::string(verb) + " hostname\r\n";
@@ -170,32 +176,31 @@ private:
   }
 
   Result line(std::string_view raw) override {
-    std::string_view text = chomp(raw);
-    bool last = text.size() < 4 || text[3] != '-';
+    smtp::ReplyLine reply = smtp::parseReply(raw);
     switch (state_) {
     case State::Greeting:
-      if (!text.starts_with("220")) {
+      if (reply.code != "220") {
         return failed("not an SMTP greeting");
       }
-      return last ? ehlo() : Result{};
+      return reply.last ? ehlo() : Result{};
     case State::Ehlo:
-      if (!text.starts_with("250")) {
+      if (reply.code != "250") {
         return failed("EHLO refused");
       }
       if (!first_) {
-        capabilities_.emplace_back(text.substr(std::min<std::size_t>(4, text.size())));
+        capabilities_.emplace_back(reply.text);
       }
       first_ = false;
-      return last ? authenticate() : Result{};
+      return reply.last ? authenticate() : Result{};
     case State::Auth:
-      if (text.starts_with("334")) {
+      if (reply.code == "334") {
         return nextResponse();
       }
-      if (!last) {
+      if (!reply.last) {
         verdict_.append(raw);
         return {};
       }
-      return verdict(text.starts_with('2'), raw);
+      return verdict(reply.code.starts_with('2'), raw);
     }
     return {};
   }

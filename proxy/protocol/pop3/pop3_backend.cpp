@@ -1,7 +1,7 @@
 // POP3 backend STLS (RFC 2595 §4): greeting, CAPA, STLS; a missing STLS, a refusal or bytes
 // after the go-ahead make the backend a failed one.
 #include "proxy/protocol/backend_starttls.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/pop3/pop3_syntax.h"
 
 namespace protocol {
 
@@ -16,22 +16,26 @@ public:
       std::string_view text = chomp(*line);
       switch (state_) {
       case State::Greeting:
-        if (!text.starts_with("+OK")) {
+        if (!pop3::isOk(text)) {
           return failed(Failure::Greeting, "greeting was not \"+OK\": " + std::string(text));
         }
-        greeting_ = "+OK " + withoutResponseCodes(text.size() > 4 ? text.substr(4) : "") + "\r\n";
+        if (std::string rest = withoutResponseCodes(text.substr(3)); !rest.empty()) {
+          greeting_ = "+OK " + rest + "\r\n"; // SPEC §5.1: codes removed wherever they stand
+        } else {
+          greeting_ = "+OK\r\n";
+        }
         state_ = State::CapaStatus;
         result.step = Step::Send;
         result.toBackend = "CAPA\r\n";
         return result;
       case State::CapaStatus:
-        if (!text.starts_with("+OK")) {
+        if (!pop3::isOk(text)) {
           return failed(Failure::NoStartTls, "server does not offer STLS (no CAPA)");
         }
         state_ = State::CapaLines;
         break;
       case State::CapaLines:
-        if (text == ".") {
+        if (pop3::isEnd(text)) {
           if (!offered_) {
             return failed(Failure::NoStartTls, "server does not offer STLS");
           }
@@ -40,10 +44,10 @@ public:
           result.toBackend = "STLS\r\n";
           return result;
         }
-        offered_ = offered_ || equalsNoCase(splitWord(text).first, "STLS");
+        offered_ = offered_ || equalsNoCase(pop3::capabilityKeyword(text), "STLS");
         break;
       case State::Stls:
-        if (!text.starts_with("+OK")) {
+        if (!pop3::isOk(text)) {
           return failed(Failure::Refused, "STLS refused: " + std::string(text));
         }
         if (!reader_.empty()) {

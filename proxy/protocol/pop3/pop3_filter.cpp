@@ -2,6 +2,7 @@
 // rewritten, USER/PASS/APOP/AUTH refused before TLS where TLS is required, multi-line responses
 // (dot-stuffed) followed to their end, replies kept in order.
 #include "proxy/protocol/line_filter.h"
+#include "proxy/protocol/pop3/pop3_syntax.h"
 
 #include <deque>
 
@@ -24,7 +25,23 @@ public:
       return;
     }
     client_.append(data);
+    processClient(out);
+  }
+
+  // The client's buffered lines, as far as they can go now.
+  void processClient(Output& out) {
     while (!relay_ && !out.close && !out.startTls && !startTlsWaiting_) {
+      if (sasl_ && !saslTurn_) {
+        // After AUTH a line is SASL data only once the server asked for it ("+ "); until its
+        // answer the next lines wait, bounded like one line. (Forwarded blindly, a line
+        // pipelined after an AUTH the server refuses would run there as a command postern
+        // never checked: XCLIENT, say.)
+        if (!client_.empty() && client_.pending().size() > policy_.maxLineLength) {
+          out.toClient += "-ERR Line too long\r\n";
+          out.close = true;
+        }
+        break;
+      }
       auto line = client_.nextLine();
       if (!line) {
         if (client_.tooLong()) {
@@ -34,7 +51,15 @@ public:
         break;
       }
       if (sasl_) {
+        if (hasControlByte(chomp(*line))) {
+          // The server waits for this response: refused here, the two sides would be out of
+          // step, so the session ends.
+          out.toClient += pop3::kInvalidCharacters;
+          out.close = true;
+          break;
+        }
         out.toBackend += *line;
+        saslTurn_ = false;
         continue;
       }
       command(*line, out);
@@ -62,6 +87,11 @@ public:
       response(*line, out);
     }
     backend_.compact();
+    if (resumeClient_) {
+      // The server answered an AUTH step: client lines held for it can go on now.
+      resumeClient_ = false;
+      processClient(out);
+    }
   }
 
   void tlsStarted(Output&) override {
@@ -105,7 +135,17 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    auto [verb, arguments] = splitCommand(chomp(line));
+    std::optional<Command> parsed = pop3::parseCommand(line);
+    if (!parsed) {
+      local(std::string(pop3::kInvalidCharacters), out); // SPEC §5.1
+      return;
+    }
+    auto [verb, arguments] = *parsed;
+    if (pop3::isAddressClaim(verb)) {
+      // SPEC §5.1: Dovecot believes XCLIENT from a trusted address, and postern is one.
+      local(std::string(pop3::kNotPermitted), out);
+      return;
+    }
     if (equalsNoCase(verb, "STLS")) {
       if (policy_.listenerTls == config::TlsMode::None) {
         forward(line, Kind::StlsForwarded, false, out); // the backend's own STLS, end to end
@@ -138,28 +178,21 @@ private:
            mechanismLabel(equalsNoCase(verb, "AUTH") ? splitWord(arguments).first : verb)});
       return;
     }
+    bool multi = pop3::isMultiLine(verb, arguments);
     if (equalsNoCase(verb, "CAPA")) {
       forward(line, Kind::Capa, true, out);
-    } else if (equalsNoCase(verb, "AUTH")) {
-      if (arguments.empty()) {
-        forward(line, Kind::MultiLine, true, out); // the mechanism list
-      } else {
-        forward(line, Kind::Auth, false, out);
-        sasl_ = true;
-      }
+    } else if (equalsNoCase(verb, "AUTH") && !arguments.empty()) {
+      forward(line, Kind::Auth, false, out);
+      sasl_ = true;
     } else if (equalsNoCase(verb, "PASS") || equalsNoCase(verb, "APOP")) {
       forward(line, Kind::Pass, false, out);
     } else {
-      // LIST and UIDL without an argument, RETR and TOP answer with many lines.
-      bool multi =
-          ((equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL")) && arguments.empty()) ||
-          equalsNoCase(verb, "RETR") || equalsNoCase(verb, "TOP");
       forward(line, multi ? Kind::MultiLine : Kind::Other, multi, out);
     }
   }
 
   void tooManyPending(Output& out) {
-    out.toClient += "-ERR Too many pipelined commands\r\n";
+    out.toClient += pop3::kTooManyPipelined;
     out.close = true;
   }
 
@@ -174,7 +207,7 @@ private:
 
   void response(std::string_view line, Output& out) {
     if (inMultiLine_) {
-      if (chomp(line) == ".") {
+      if (pop3::isEnd(line)) {
         inMultiLine_ = false;
         if (pending_.front().kind == Kind::Capa) {
           capa_.emplace_back(line);
@@ -201,9 +234,11 @@ private:
       return;
     }
     Pending& head = pending_.front();
-    bool ok = line.starts_with("+OK");
-    if (head.kind == Kind::Auth && line.starts_with("+ ")) {
+    bool ok = pop3::isOk(line);
+    if (head.kind == Kind::Auth && pop3::isChallenge(line)) {
       out.toClient += line; // a SASL challenge; the client answers with a line of data
+      saslTurn_ = true;
+      resumeClient_ = true;
       return;
     }
     if (head.multiLine && ok) {
@@ -221,6 +256,8 @@ private:
     pending_.pop_front();
     if (kind == Kind::Auth) {
       sasl_ = false;
+      saslTurn_ = false;
+      resumeClient_ = true;
     }
     if ((kind == Kind::Auth || kind == Kind::Pass) && ok) {
       out.events.push_back({Event::Authenticated});
@@ -249,19 +286,19 @@ private:
     }
   }
 
-  // SPEC §5: STLS is postern's; SASL and USER are hidden while authentication may not happen.
+  // SPEC §5, §5.1: STLS is postern's, XCLIENT between postern and the server; SASL and USER
+  // are hidden while authentication may not happen.
   void rewriteCapa(Output& out) {
     bool hideAuth = !policy_.allowAuth || (policy_.requireTls && !tls_);
     for (std::size_t i = 0; i < capa_.size(); ++i) {
-      std::string_view text = chomp(capa_[i]);
-      if (i > 0 && text != ".") {
-        std::string_view keyword = splitWord(text).first;
-        if (equalsNoCase(keyword, "STLS") ||
-            (hideAuth && (equalsNoCase(keyword, "SASL") || equalsNoCase(keyword, "USER")))) {
+      bool end = pop3::isEnd(capa_[i]);
+      if (i > 0 && !end) {
+        std::string_view keyword = pop3::capabilityKeyword(capa_[i]);
+        if (pop3::isServersOwn(keyword) || (hideAuth && pop3::isAuthentication(keyword))) {
           continue;
         }
       }
-      if (text == "." && policy_.listenerTls == config::TlsMode::StartTls && !tls_) {
+      if (end && policy_.listenerTls == config::TlsMode::StartTls && !tls_) {
         out.toClient += "STLS\r\n";
       }
       out.toClient += capa_[i];
@@ -274,6 +311,8 @@ private:
   std::vector<std::string> capa_;
   bool inMultiLine_ = false;
   bool sasl_ = false;
+  bool saslTurn_ = false;     // the server asked ("+ ") for the client's next SASL line
+  bool resumeClient_ = false; // an AUTH step was answered: process held client lines
   bool startTlsWaiting_ = false;
   bool authenticated_ = false;
 };

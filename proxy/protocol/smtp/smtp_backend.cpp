@@ -1,7 +1,7 @@
 // SMTP backend STARTTLS (RFC 3207): greeting, EHLO, STARTTLS; a missing STARTTLS, a refusal or
 // bytes after the 220 make the backend a failed one. After TLS the client greets for itself.
 #include "proxy/protocol/backend_starttls.h"
-#include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/smtp/smtp_syntax.h"
 
 namespace protocol {
 
@@ -16,15 +16,14 @@ public:
     Result result;
     while (auto line = reader_.nextLine()) {
       std::string_view text = chomp(*line);
-      bool last = text.size() < 4 || text[3] != '-';
-      std::string_view code = text.substr(0, 3);
+      auto [code, last, rest] = smtp::parseReply(*line);
       switch (state_) {
       case State::Greeting:
         if (code != "220") {
           return failed(Failure::Greeting, "greeting was not 220: " + std::string(text));
         }
         if (greeting_.empty()) {
-          greeting_ = "220 " + std::string(text.size() > 4 ? text.substr(4) : "") + "\r\n";
+          greeting_ = "220 " + std::string(rest) + "\r\n";
         }
         if (last) {
           state_ = State::Ehlo;
@@ -37,7 +36,7 @@ public:
         if (code != "250") {
           return failed(Failure::NoStartTls, "EHLO refused: " + std::string(text));
         }
-        if (text.size() > 4 && equalsNoCase(splitWord(text.substr(4)).first, "STARTTLS")) {
+        if (equalsNoCase(smtp::extensionKeyword(*line), "STARTTLS")) {
           offered_ = true;
         }
         if (last) {
@@ -104,15 +103,12 @@ BackendStartTls::Result SmtpXclient::start() {
 
 BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
   using Step = BackendStartTls::Step;
-  buffer_.append(data.data(), data.size());
+  reader_.append(data);
   BackendStartTls::Result result;
-  std::size_t newline;
-  while ((newline = buffer_.find('\n')) != std::string::npos) {
-    std::string line = buffer_.substr(0, newline + 1);
-    buffer_.erase(0, newline + 1);
+  while (auto next = reader_.nextLine()) {
+    std::string line(*next);
     std::string_view text = chomp(line);
-    bool last = text.size() < 4 || text[3] != '-';
-    std::string_view code = text.substr(0, 3);
+    auto [code, last, rest] = smtp::parseReply(line);
     switch (state_) {
     case State::Greeting:
       if (code != "220") {
@@ -128,8 +124,7 @@ BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
       }
       break;
     case State::Ehlo:
-      if (code == "250" && text.size() > 4 &&
-          equalsNoCase(splitWord(text.substr(4)).first, "XCLIENT")) {
+      if (code == "250" && equalsNoCase(smtp::extensionKeyword(line), "XCLIENT")) {
         offered_ = true;
       }
       if (last) {
@@ -157,9 +152,10 @@ BackendStartTls::Result SmtpXclient::fromBackend(std::span<const char> data) {
       break;
     }
   }
-  if (buffer_.size() > 8192) {
+  if (reader_.tooLong()) {
     return failed(BackendStartTls::Failure::Greeting, "line too long");
   }
+  reader_.compact();
   return result;
 }
 

@@ -2,6 +2,7 @@
 // capabilities rewritten, AUTH and MAIL refused before TLS where TLS is required, replies kept in
 // order under PIPELINING, message bodies passed through untouched.
 #include "proxy/protocol/line_filter.h"
+#include "proxy/protocol/smtp/smtp_syntax.h"
 
 #include <deque>
 #include <vector>
@@ -16,6 +17,8 @@ public:
   SmtpFilter(const Policy& policy, bool loggedIn) : LineFilter(policy) {
     if (!loggedIn) {
       pending_.push_back({Kind::Greeting, {}, false});
+    } else {
+      client_.setMaxLine(smtp::kMaxAuthenticatedLine);
     }
     authenticated_ = loggedIn;
     greetedAfterTls_ = loggedIn;
@@ -39,7 +42,12 @@ public:
       if (sasl_ && !saslTurn_ && !client_.empty()) {
         // After AUTH a line is SASL data only once the server asked for it (334); until its
         // reply the next lines wait. (Forwarded blindly, a line pipelined after an AUTH the
-        // server refuses would run as a command there: XCLIENT from the client, say.)
+        // server refuses would run as a command there: XCLIENT from the client, say.) What
+        // waits is bounded like one line (SPEC §5.1).
+        if (client_.pending().size() > policy_.maxLineLength) {
+          out.toClient += smtp::kLineTooLong;
+          out.close = true;
+        }
         break;
       }
       if (dataPending_ && !client_.empty()) {
@@ -59,12 +67,19 @@ public:
       auto line = client_.nextLine();
       if (!line) {
         if (client_.tooLong()) {
-          out.toClient += "500 5.5.2 Error: line too long\r\n";
+          out.toClient += smtp::kLineTooLong;
           out.close = true;
         }
         break;
       }
       if (sasl_) {
+        if (hasControlByte(chomp(*line))) {
+          // The server waits for this response; refusing it locally would leave the two
+          // sides out of step, so the session ends here.
+          out.toClient += smtp::kInvalidCharacters;
+          out.close = true;
+          break;
+        }
         out.toBackend += *line; // the SASL response the server asked for, not a command
         saslTurn_ = false;
         continue;
@@ -92,8 +107,7 @@ public:
         out.close = true; // an endless multi-line reply: nothing to wait for
         break;
       }
-      // "250-..." continues a reply; "250 ..." or a bare "250" ends it.
-      if (line->size() >= 4 && (*line)[3] == '-') {
+      if (!smtp::parseReply(*line).last) {
         continue;
       }
       finishReply(out);
@@ -150,7 +164,14 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    auto [verb, arguments] = splitCommand(chomp(line));
+    std::optional<Command> parsed = smtp::parseCommand(line);
+    if (!parsed) {
+      // SPEC §5.1: "XCLIENT\vADDR=...", "AUTH\vPLAIN", "DATA\v" are one command to Postfix
+      // (which splits on VT, FF and CR too) and none to a reader splitting on SP and HTAB.
+      local(std::string(smtp::kInvalidCharacters), out);
+      return;
+    }
+    auto [verb, arguments] = *parsed;
     if (equalsNoCase(verb, "STARTTLS")) {
       startTls(arguments, out);
       return;
@@ -160,9 +181,9 @@ private:
       local("503 5.5.1 Error: send EHLO/HELO first\r\n", out);
       return;
     }
-    if (equalsNoCase(verb, "XCLIENT") || equalsNoCase(verb, "XFORWARD")) {
+    if (smtp::isAddressClaim(verb)) {
       // Only postern may tell the backend who the client is.
-      local("550 5.7.1 Error: not permitted\r\n", out);
+      local(std::string(smtp::kNotPermitted), out);
       return;
     }
     if (equalsNoCase(verb, "BDAT")) {
@@ -242,7 +263,7 @@ private:
   }
 
   void tooManyPending(Output& out) {
-    out.toClient += "421 4.7.0 Error: too many pipelined commands\r\n";
+    out.toClient += smtp::kTooManyPipelined;
     out.close = true;
   }
 
@@ -282,7 +303,8 @@ private:
       return;
     }
     Pending& head = pending_.front();
-    const std::string code = reply_.front().substr(0, 3); // reply_ may be rewritten below
+    // reply_ may be rewritten below
+    const std::string code(smtp::parseReply(reply_.front()).code);
     switch (head.kind) {
     case Kind::Ehlo:
       if (code == "250") {
@@ -307,6 +329,8 @@ private:
       if (code == "235") {
         out.events.push_back({Event::Authenticated});
         authenticated_ = true;
+        // SPEC §5.1: still parsed, but lines up to 64 KiB now.
+        client_.setMaxLine(smtp::kMaxAuthenticatedLine);
       }
       break;
     case Kind::Data:
@@ -365,15 +389,9 @@ private:
     std::vector<std::string> kept;
     kept.push_back(std::string(chomp(reply_.front())));
     for (std::size_t i = 1; i < reply_.size(); ++i) {
-      std::string_view text = chomp(reply_[i]);
-      std::string_view keyword = text.size() > 4 ? splitWord(text.substr(4)).first : "";
-      bool drop =
-          equalsNoCase(keyword, "STARTTLS") || equalsNoCase(keyword, "XCLIENT") ||
-          equalsNoCase(keyword, "XFORWARD") || equalsNoCase(keyword, "CHUNKING") ||
-          equalsNoCase(keyword, "BINARYMIME") ||
-          (hideAuth && (equalsNoCase(keyword, "AUTH") || startsWithNoCase(keyword, "AUTH=")));
-      if (!drop) {
-        kept.emplace_back(text);
+      std::string_view keyword = smtp::extensionKeyword(reply_[i]);
+      if (!smtp::isServersOwn(keyword) && !(hideAuth && smtp::isAuthentication(keyword))) {
+        kept.emplace_back(chomp(reply_[i]));
       }
     }
     if (policy_.listenerTls == config::TlsMode::StartTls && !tls_) {

@@ -1,5 +1,6 @@
 // Backend-side STARTTLS dialogues: the happy path and every way they fail closed.
 #include "proxy/protocol/backend_starttls.h"
+#include "proxy/protocol/syntax.h"
 
 #include <gtest/gtest.h>
 
@@ -101,10 +102,23 @@ TEST(SmtpBackendStartTls, HappyPathAndFailures) {
   EXPECT_EQ(feed(*makeSmtpBackendStartTls("p"), "554 no service\r\n").failure, Failure::Greeting);
 }
 
-TEST(WithoutResponseCodes, DropsLeadingCodesOnly) {
-  EXPECT_EQ(withoutResponseCodes("[ALERT] [CAPABILITY X] text [kept]"), "text [kept]");
-  EXPECT_EQ(withoutResponseCodes("plain"), "plain");
-  EXPECT_EQ(withoutResponseCodes("[unterminated"), "[unterminated");
+// SPEC §5.1: response codes go wherever they stand, so no reader can take a "[" for a code.
+TEST(WithoutResponseCodes, DropsCodesWhereverTheyStand) {
+  EXPECT_EQ(withoutResponseCodes("[ALERT] [CAPABILITY X] text [gone]"), "text");
+  EXPECT_EQ(withoutResponseCodes("[ALERT] x [CAPABILITY IMAP4rev1 AUTH=PLAIN XEVILCAP] hi"),
+            "x hi");
+  EXPECT_EQ(withoutResponseCodes("plain text"), "plain text");
+  EXPECT_EQ(withoutResponseCodes("before [unterminated"), "before");
+}
+
+// Finding: a code in the middle of a greeting learned before TLS reached the client.
+TEST(BackendStartTls, GreetingShownWithoutAnyCode) {
+  auto imap = makeImapBackendStartTls();
+  feed(*imap, "* OK [ALERT] x [CAPABILITY IMAP4rev1 AUTH=PLAIN XEVILCAP] hi\r\n");
+  EXPECT_EQ(imap->greetingForClient(), "* OK x hi\r\n");
+  auto pop3 = makePop3BackendStartTls();
+  feed(*pop3, "+OK [XEVIL] ready [SASL PLAIN]\r\n");
+  EXPECT_EQ(pop3->greetingForClient(), "+OK ready\r\n");
 }
 
 } // namespace

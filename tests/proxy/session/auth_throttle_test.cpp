@@ -78,6 +78,26 @@ TEST(AuthThrottle, TheWindowForgetsAndSuccessRefunds) {
   }
 }
 
+TEST(AuthThrottle, OneUserFromManyAddressesIsDelayedNeverBlocked) {
+  AuthThrottle t(limits());
+  // A distributed guess: one failure per address, never reaching a per-address threshold.
+  for (int i = 0; i < 20; ++i) {
+    AuthThrottle::Decision d = t.attempt("198.51.100." + std::to_string(i), "Alice", 0);
+    EXPECT_EQ(d.delay, milliseconds(0)) << i;
+  }
+  // The 21st failure for the user, from yet another address, waits ...
+  EXPECT_EQ(t.attempt("203.0.113.1", "Alice", 0).delay, milliseconds(1000));
+  EXPECT_EQ(t.attempt("203.0.113.2", "Alice", 0).delay, milliseconds(2000));
+  // ... and however many follow, the user is delayed at most auth_max_delay, never blocked.
+  for (int i = 0; i < 100; ++i) {
+    AuthThrottle::Decision d = t.attempt("192.0.2." + std::to_string(i), "Alice", 0);
+    EXPECT_FALSE(d.blocked) << i;
+    EXPECT_LE(d.delay, milliseconds(30000)) << i;
+  }
+  // Another user is not affected.
+  EXPECT_EQ(t.attempt("203.0.113.3", "bob", 0).delay, milliseconds(0));
+}
+
 TEST(AuthThrottle, ZeroDisablesDelaysAndBlocks) {
   config::Limits l = limits();
   l.auth_failures_before_delay = 0;

@@ -1,0 +1,102 @@
+// IMAP syntax (RFC 9051 §9, RFC 7888 literals, RFC 2971 ID) as every IMAP dialogue reads it:
+// the passthrough filter, the login dialogue and its replay, backend STARTTLS and the health
+// probe. One reading of tags, command names, literals, quoted strings, status responses,
+// response codes and capability lists (SPEC §5.1).
+#pragma once
+
+#include "proxy/protocol/syntax.h"
+
+#include <cstddef>
+#include <expected>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace protocol::imap {
+
+// RFC 9051 §9: a tag is ASTRING-CHARs except "+" (so never "*" or "+", which would read as an
+// untagged or continuation line when the server's answer comes back).
+bool validTag(std::string_view tag);
+
+// "tag SP command-name [SP arguments]", one SP each as the grammar says.
+struct CommandLine {
+  std::string_view tag;
+  std::string_view verb;
+  std::string_view arguments;
+};
+enum class CommandError {
+  ControlByte, // SPEC §5.1: a control byte anywhere in the line
+  BadTag,      // no tag, or one the grammar does not allow
+  NoVerb,      // a tag and nothing after it (or not one SP between them)
+};
+// `line` with or without its CRLF.
+std::expected<CommandLine, CommandError> parseCommandLine(std::string_view line);
+// The reply to a command line that parseCommandLine refused.
+std::string commandError(std::string_view line, CommandError error);
+
+// The literal a line announces at its end ("{12}", "{12+}"; RFC 7888).
+struct Literal {
+  enum class Kind { None, Announced, Invalid };
+  Kind kind = Kind::None;
+  std::size_t size = 0;
+  bool synchronising = true;
+};
+// `text` without its CRLF. A "{...}" at the end that is no valid count (not digits, or too many
+// for any size) is Invalid: a server could read it as a literal, so it is refused, never
+// relayed as text.
+Literal literalAtEnd(std::string_view text);
+
+// Said before closing a session whose literal postern will not take (SPEC §5.1).
+inline constexpr std::string_view kLiteralTooLarge = "* BYE Literal too large\r\n";
+inline constexpr std::string_view kInvalidLiteral = "* BYE Invalid literal\r\n";
+inline constexpr std::string_view kTooManyPipelined = "* BYE Too many pipelined commands\r\n";
+inline constexpr std::string_view kInvalidCharacters =
+    "* BYE Invalid characters in command\r\n"; // within a command already partly relayed
+
+// Reads the arguments of one line segment (no CRLF) into `words`: atoms, quoted strings
+// (unescaped), and parentheses as words of their own. A "{n}" / "{n+}" at the end announces a
+// literal (reported in `literal`; the caller reads its bytes as the next word).
+enum class Tokenised { Complete, Literal, Bad };
+Tokenised tokenise(std::string_view text, std::vector<std::string>& words, Literal& literal);
+
+// A quoted string at the start of `text` ("..." with \" and \\ escapes, nothing else escaped,
+// as RFC 9051's quoted-specials allow). Its value and the bytes it took; nullopt when malformed.
+struct Quoted {
+  std::string value;
+  std::size_t length;
+};
+std::optional<Quoted> readQuoted(std::string_view text);
+// `text` as a quoted string, escaping '"' and '\'.
+std::string quoted(std::string_view text);
+
+// A status response "tag SP status SP [code] text" (untagged: tag "*").
+struct Status {
+  std::string_view tag;
+  std::string_view status; // OK, NO, BAD, BYE, PREAUTH (as sent)
+  std::string_view code;   // inside the brackets, when the text starts with a response code
+  std::string_view text;   // after the code
+};
+// `line` with or without its CRLF; nullopt when it is no status response.
+std::optional<Status> parseStatus(std::string_view line);
+// A tagged reply to `tag` (any status); its status word, or empty.
+std::string_view taggedStatus(std::string_view line, std::string_view tag);
+
+// Where a response carries a capability list: "* CAPABILITY a b" (the atoms after the word) or
+// a status response whose code is "[CAPABILITY a b]" (the atoms inside). Offsets in `text`
+// (without CRLF); a "[CAPABILITY" anywhere else in the text is text, never a code.
+struct Span {
+  std::size_t start;
+  std::size_t end;
+};
+std::optional<Span> capabilitySpan(std::string_view text);
+// The atoms of that list, if the response has one.
+std::optional<std::vector<std::string>> capabilities(std::string_view line);
+
+// SPEC §5.1: ID fields a client must never set (only postern tells a server who the client is).
+bool isAddressClaimField(std::string_view key);
+// The arguments of an ID command with those fields removed ("NIL" when none is left); nullopt
+// when they are not an ID parameter list of quoted strings and NILs (a literal, say).
+std::optional<std::string> idWithoutAddressClaims(std::string_view arguments);
+
+} // namespace protocol::imap
