@@ -232,8 +232,10 @@ void Server::accept(ListenerEntry& entry) {
   ++shared_.sessions;
   if (!raw->start(entry.socket->stream())) {
     // The connection vanished between readiness and accept: nothing was counted.
-    finished_.push_back(std::move(sessions_.at(raw)));
-    sessions_.erase(raw);
+    if (auto found = sessions_.find(raw); found != sessions_.end()) {
+      finished_.push_back(std::move(found->second));
+      sessions_.erase(found);
+    }
     --shared_.sessions;
   }
 }

@@ -36,17 +36,34 @@ LoopContext& loopContext(uv_loop_t* loop) { return *static_cast<LoopContext*>(lo
 
 void attachLoopContext(uv_loop_t* loop, LoopContext* context) { loop->data = context; }
 
-std::string formatAddress(const sockaddr_storage& address) {
-  char host[INET6_ADDRSTRLEN] = "?";
+std::string formatIp(const sockaddr_storage& address) {
+  char host[INET6_ADDRSTRLEN] = "";
   if (address.ss_family == AF_INET) {
     auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
     inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(v4->sin_port));
-  }
-  if (address.ss_family == AF_INET6) {
+  } else if (address.ss_family == AF_INET6) {
     auto* v6 = reinterpret_cast<const sockaddr_in6*>(&address);
     inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(v6->sin6_port));
+  }
+  return host;
+}
+
+unsigned portOf(const sockaddr_storage& address) {
+  if (address.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  }
+  if (address.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+  }
+  return 0;
+}
+
+std::string formatAddress(const sockaddr_storage& address) {
+  if (address.ss_family == AF_INET) {
+    return formatIp(address) + ":" + std::to_string(portOf(address));
+  }
+  if (address.ss_family == AF_INET6) {
+    return "[" + formatIp(address) + "]:" + std::to_string(portOf(address));
   }
   return "-";
 }

@@ -27,7 +27,17 @@ struct LoopContext {
 LoopContext& loopContext(uv_loop_t* loop);
 void attachLoopContext(uv_loop_t* loop, LoopContext* context);
 
+// "192.0.2.7:40000" / "[2001:db8::7]:40000" for logs; "-" for an address that is none.
 std::string formatAddress(const sockaddr_storage& address);
+// The IP alone, without brackets or port ("2001:db8::7"); empty for an address that is none.
+std::string formatIp(const sockaddr_storage& address);
+// The port as a number; 0 for an address that is none.
+unsigned portOf(const sockaddr_storage& address);
+// Whether the OS gave an IPv4 or IPv6 address (getpeername fails for a connection reset
+// before its accept completed).
+inline bool isInternetAddress(const sockaddr_storage& address) {
+  return address.ss_family == AF_INET || address.ss_family == AF_INET6;
+}
 
 class TcpStream final : public ByteStream {
 public:

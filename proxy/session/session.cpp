@@ -37,11 +37,21 @@ bool Session::start(uv_stream_t* listening) {
   clientTcp_ = tcp;
   clientPeer_ = tcp->peer();
   clientLocal_ = tcp->local();
-  clientAddress_ = net::formatAddress(clientPeer_);
+  clientAddress_ = net::formatAddress(clientPeer_); // for the logs only; the address stays binary
   filter_ = listener_.protocol->makeFilter(listenerPolicy());
   timer_ = net::Timer::create(loop_, this);
   startedAt_ = timer_->now();
   lastActivity_ = startedAt_;
+  if (!net::isInternetAddress(clientPeer_)) {
+    // SPEC §5.1: a client that reset before the accept completed has no address to limit,
+    // route, forward or log. That session alone ends (counted as closed by the client); no
+    // limit key, no XCLIENT, nothing parsed from text.
+    logging::debug("client address unreadable; closing", {{"listener", listener_.config.name}});
+    accepted_ = true;
+    listener_.metrics.accepted();
+    close(metrics::CloseReason::ClientClosed);
+    return true;
+  }
   if (listener_.config.accept_proxy_protocol) {
     // Only a load balancer we trust may say who the client is.
     bool trusted = false;
@@ -66,7 +76,7 @@ bool Session::start(uv_stream_t* listening) {
 
 void Session::begin() {
   // SPEC §8: per client address (the real one, behind a trusted PROXY header).
-  std::string address = clientAddress_.substr(0, clientAddress_.rfind(':'));
+  std::string address = net::formatIp(clientPeer_);
   if (auto refused = listener_.clientLimits->admit(address, timer_->now())) {
     rejectReason_ = *refused;
     logging::warn("connection rejected", {{"listener", listener_.config.name},
@@ -97,8 +107,7 @@ void Session::begin() {
         std::memset(&v6->sin6_addr.s6_addr[8], 0, 8);
       }
     }
-    std::string text = net::formatAddress(network);
-    login_->throttleAddress = text.substr(0, text.rfind(':'));
+    login_->throttleAddress = net::formatIp(network);
   }
   accepted_ = true;
   listener_.metrics.accepted();
@@ -217,7 +226,7 @@ void Session::connectBackend() {
   // source_hash keys on the client's address (the one a trusted PROXY header gave, if any).
   std::string key;
   if (listener_.pool->config().balance == config::Balance::SourceHash) {
-    key = clientAddress_.substr(0, clientAddress_.rfind(':'));
+    key = net::formatIp(clientPeer_);
   } else if (listener_.pool->config().balance == config::Balance::UserHash) {
     key = throttleUser(); // the user name, case folded
   }
@@ -441,15 +450,9 @@ void Session::relayFromBackend(std::span<const char> data) {
 }
 
 std::string Session::xclientCommandForClient() const {
-  std::string text = net::formatAddress(clientPeer_);
-  bool ipv6 = clientPeer_.ss_family == AF_INET6;
-  std::size_t colon = text.rfind(':');
-  std::string ip = text.substr(0, colon);
-  if (ipv6) {
-    ip = ip.substr(1, ip.size() - 2); // strip the brackets
-  }
-  return protocol::xclientCommand(ip, ipv6,
-                                  static_cast<unsigned>(std::stoul(text.substr(colon + 1))));
+  // From the binary address: nothing here parses text, nothing can throw (SPEC §5.1).
+  return protocol::xclientCommand(net::formatIp(clientPeer_), clientPeer_.ss_family == AF_INET6,
+                                  net::portOf(clientPeer_));
 }
 
 // SMTP XCLIENT: the backend learns the client's address before the client says anything.
@@ -997,16 +1000,10 @@ void Session::routeLogin() {
 
 void Session::startReplay(bool greeted) {
   protocol::ReplayContext context;
-  std::string peer = net::formatAddress(clientPeer_);
-  std::size_t colon = peer.rfind(':');
-  context.clientIp = peer.substr(0, colon);
-  if (context.clientIp.starts_with('[')) {
-    context.clientIp = context.clientIp.substr(1, context.clientIp.size() - 2);
-  }
-  context.clientPort = static_cast<unsigned>(std::stoul(peer.substr(colon + 1)));
+  context.clientIp = net::formatIp(clientPeer_);
+  context.clientPort = net::portOf(clientPeer_);
   context.serverHost = server_->host;
-  context.serverPort = static_cast<unsigned>(
-      std::stoul(server_->addressText.substr(server_->addressText.rfind(':') + 1)));
+  context.serverPort = net::portOf(server_->address);
   context.hostname = protocol::hostname();
   context.clientHelo = login_->clientHelo;
   context.greeted = greeted;

@@ -22,8 +22,8 @@ public:
           return failed(Failure::Greeting, "greeting was not \"* OK\": " + std::string(text));
         }
         // SPEC §5.1: nothing learned before TLS reaches the client, no code wherever it stood.
-        std::string rest = withoutResponseCodes(text.substr(greeting->status.data() +
-                                                            greeting->status.size() - text.data()));
+        std::string rest = withoutResponseCodes(
+            text.substr(greeting->status.data() + greeting->status.size() - text.data()));
         greeting_ = rest.empty() ? "* OK\r\n" : "* OK " + rest + "\r\n";
         state_ = State::Capability;
         result.step = Step::Send;

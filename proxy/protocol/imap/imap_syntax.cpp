@@ -212,8 +212,7 @@ std::string_view taggedStatus(std::string_view line, std::string_view tag) {
 
 std::optional<Span> capabilitySpan(std::string_view text) {
   constexpr std::string_view kWord = "CAPABILITY";
-  if (startsWithNoCase(text, "* CAPABILITY") &&
-      (text.size() == 12 || text[12] == ' ')) {
+  if (startsWithNoCase(text, "* CAPABILITY") && (text.size() == 12 || text[12] == ' ')) {
     return Span{std::min<std::size_t>(13, text.size()), text.size()};
   }
   std::optional<Status> status = parseStatus(text);

@@ -4,7 +4,6 @@
 #include "proxy/protocol/imap/imap_syntax.h"
 #include "proxy/protocol/login/login_common.h"
 
-
 namespace protocol {
 
 namespace {
@@ -324,7 +323,6 @@ private:
     return send("C CAPABILITY\r\n");
   }
 
-
   Result line(std::string_view raw) override {
     std::string_view text = chomp(raw);
     switch (state_) {
@@ -338,9 +336,8 @@ private:
         }
         return askCapabilities();
       }
-      return failed(greeting && equalsNoCase(greeting->status, "PREAUTH")
-                        ? "greeted with PREAUTH"
-                        : "not an IMAP greeting");
+      return failed(greeting && equalsNoCase(greeting->status, "PREAUTH") ? "greeted with PREAUTH"
+                                                                          : "not an IMAP greeting");
     }
     case State::Capability:
       if (text.starts_with("* ")) {

@@ -30,7 +30,9 @@ bool isMultiLine(std::string_view verb, std::string_view arguments);
 // Status lines: "+OK ..." and "-ERR ..." (a "+ " line is a SASL challenge, not +OK).
 inline bool isOk(std::string_view line) { return line.starts_with("+OK"); }
 inline bool isError(std::string_view line) { return line.starts_with("-ERR"); }
-inline bool isChallenge(std::string_view line) { return line.starts_with("+ ") || chomp(line) == "+"; }
+inline bool isChallenge(std::string_view line) {
+  return line.starts_with("+ ") || chomp(line) == "+";
+}
 // The "." that ends a multi-line response.
 inline bool isEnd(std::string_view line) { return chomp(line) == "."; }
 // A multi-line response line without its dot-stuffing (RFC 1939 §3).
