@@ -1,0 +1,178 @@
+// A session driven on a real libuv loop over loopback: a client that resets before its accept
+// completes leaves no readable peer address (finding 5 of "One reading of the wire": that made
+// `std::stoul("-")` throw inside a libuv callback on an SMTP listener with smtp_xclient, and the
+// process abort). The session must end alone, counted, without touching a backend, and the loop
+// must close with no handle left open (STYLE #9).
+#include "proxy/session/session.h"
+
+#include "proxy/net/tcp_stream.h"
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <vector>
+
+namespace session {
+namespace {
+
+// A plain listening socket standing in for the pool's server: whether anything connected to it
+// tells whether the session reached for a backend.
+struct BackendSocket {
+  int fd = -1;
+  std::uint16_t port = 0;
+  BackendSocket() {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::listen(fd, 8);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    port = ntohs(address.sin_port);
+  }
+  ~BackendSocket() { ::close(fd); }
+  bool connectedTo() const {
+    int accepted = ::accept(fd, nullptr, nullptr);
+    if (accepted >= 0) {
+      ::close(accepted);
+      return true;
+    }
+    return false;
+  }
+};
+
+class Harness : public SessionOwner {
+public:
+  Harness() : registry_("test") {
+    uv_loop_init(&loop_);
+    net::attachLoopContext(&loop_, &loopContext_);
+    config::Backend backend;
+    backend.name = "pool";
+    backend.servers.push_back({"127.0.0.1", backendSocket_.port});
+    backend.smtp_xclient = true; // the path that parsed the address from text
+    pool_ = std::make_shared<backend::Pool>(backend, registry_);
+    context_ = std::make_shared<ListenerContext>();
+    context_->config.name = "smtp";
+    context_->config.protocol = config::Protocol::Smtp;
+    context_->config.backend = "pool";
+    context_->protocol = &protocol::info(config::Protocol::Smtp);
+    context_->pool = pool_;
+    context_->clientLimits = std::make_shared<ClientLimits>(100, 1000);
+    context_->metrics = registry_.listener("smtp", "smtp", 25, "none");
+
+    uv_tcp_init(&loop_, &listener_);
+    listener_.data = this;
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    uv_tcp_bind(&listener_, reinterpret_cast<sockaddr*>(&address), 0);
+    int length = sizeof address;
+    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+    uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 128, onConnection);
+  }
+
+  ~Harness() {
+    sessions_.clear();
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    loopClosed_ = uv_loop_close(&loop_);
+  }
+
+  // A client that connects, then resets (SO_LINGER 0) before postern's loop has accepted it.
+  void connectAndReset() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(port_);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    linger reset{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(fd);
+  }
+
+  // Runs the loop until `count` sessions have ended (bounded: a few hundred turns).
+  void runUntilClosed(std::size_t count) {
+    for (int turn = 0; turn < 300 && closed_ < count; ++turn) {
+      uv_run(&loop_, UV_RUN_NOWAIT);
+      if (closed_ < count) {
+        usleep(1000); // the kernel delivers the connection; no ordering relies on it
+      }
+    }
+  }
+
+  void onSessionClosed(Session&) override { ++closed_; }
+
+  std::string metrics() const { return registry_.render(); }
+  std::size_t closed() const { return closed_; }
+  std::size_t started() const { return started_; }
+  bool reachedBackend() const { return backendSocket_.connectedTo(); }
+  static int loopClosed() { return loopClosed_; }
+
+private:
+  static void onConnection(uv_stream_t* server, int status) noexcept {
+    auto* self = static_cast<Harness*>(server->data);
+    if (status != 0) {
+      return;
+    }
+    auto session = std::make_unique<Session>(*self, self->context_, &self->loop_);
+    if (session->start(server)) {
+      ++self->started_;
+    }
+    self->sessions_.push_back(std::move(session));
+  }
+
+  uv_loop_t loop_{};
+  net::LoopContext loopContext_{};
+  metrics::Registry registry_;
+  BackendSocket backendSocket_;
+  std::shared_ptr<backend::Pool> pool_;
+  std::shared_ptr<ListenerContext> context_;
+  uv_tcp_t listener_{};
+  std::uint16_t port_ = 0;
+  std::vector<std::unique_ptr<Session>> sessions_;
+  std::size_t closed_ = 0;
+  std::size_t started_ = 0;
+  static inline int loopClosed_ = -1;
+};
+
+bool contains(const std::string& text, const std::string& line) {
+  return text.find(line) != std::string::npos;
+}
+
+TEST(Session, AClientWithoutAPeerAddressEndsAloneAndIsCounted) {
+  {
+    Harness harness;
+    constexpr std::size_t kClients = 20; // as many as it took to abort the process
+    for (std::size_t i = 0; i < kClients; ++i) {
+      harness.connectAndReset();
+    }
+    harness.runUntilClosed(kClients);
+    // (The kernel may drop a connection reset while it waits to be accepted; every one that
+    // reached postern must have ended, all of them without an address.)
+    ASSERT_GT(harness.started(), 0U);
+    EXPECT_EQ(harness.closed(), harness.started());
+    // Never routed: no backend connection, no XCLIENT built from an address that is none.
+    EXPECT_FALSE(harness.reachedBackend());
+    std::string metrics = harness.metrics();
+    EXPECT_TRUE(contains(metrics, "postern_sessions_closed_total{listener=\"smtp\",reason="
+                                  "\"client_closed\"} " +
+                                      std::to_string(harness.started())))
+        << metrics;
+    EXPECT_TRUE(contains(metrics, "postern_connections_active{listener=\"smtp\",port=\"25\","
+                                  "protocol=\"smtp\",tls=\"none\"} 0"))
+        << metrics;
+  }
+  // Every libuv handle the sessions opened was closed: the loop closes cleanly.
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+} // namespace
+} // namespace session
