@@ -66,6 +66,9 @@ public:
   // A side finished sending: whatever part of a line it left is passed on as it is.
   virtual void clientEnded(Output& out) = 0;
   virtual void backendEnded(Output& out) = 0;
+  // Client bytes read but not passed on yet. Before authentication never more than the
+  // policy's maxLineLength once a read is processed (SPEC §5.1; the fuzz targets check it).
+  virtual std::size_t heldFromClient() const = 0;
 };
 
 std::unique_ptr<Filter> makeImapFilter(const Policy& policy);

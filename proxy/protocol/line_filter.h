@@ -11,6 +11,7 @@ class LineFilter : public Filter {
 public:
   void clientEnded(Output& out) override { out.toBackend += client_.takeAll(); }
   void backendEnded(Output& out) override { out.toClient += backend_.takeAll(); }
+  std::size_t heldFromClient() const override { return client_.pending().size(); }
 
 protected:
   explicit LineFilter(const Policy& policy)

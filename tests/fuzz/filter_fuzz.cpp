@@ -13,9 +13,11 @@ namespace {
 
 // The input's first byte picks the protocol and policy; the rest is a list of reads separated
 // by 0xFF, each starting with a byte that says who sent it (or that TLS started).
-void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
+void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter,
+         std::size_t maxLine) {
   protocol::Output out;
   bool relay = false;
+  bool authenticated = false;
   fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
     if (read.empty()) {
       return true;
@@ -35,6 +37,14 @@ void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter) {
       std::abort();
     }
     relay = relay || out.relayOnly;
+    for (const protocol::EventRecord& record : out.events) {
+      authenticated = authenticated || record.event == protocol::Event::Authenticated;
+    }
+    // SPEC §5.1: before authentication nothing a client sends makes the filter hold more than
+    // one line's worth (an overflowing literal count, a flood behind a SASL command, ...).
+    if (!out.close && !authenticated && filter.heldFromClient() > maxLine) {
+      std::abort();
+    }
     return !out.close;
   });
 }
@@ -90,7 +100,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   policy.listenerTls = static_cast<config::TlsMode>((selector >> 2) % 3);
   policy.requireTls = policy.listenerTls != config::TlsMode::None && (selector & 0x10) != 0;
   policy.allowAuth = (selector & 0x20) != 0;
-  policy.maxLineLength = (selector & 0x40) != 0 ? 512 : 8192;
+  policy.maxLineLength = (selector & 0x40) != 0 ? 64 : 8192;
   std::unique_ptr<protocol::Filter> filter;
   switch (selector % 3) {
   case 0:
@@ -103,6 +113,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     filter = protocol::makeSmtpFilter(policy);
     break;
   }
-  run(data + 1, size - 1, *filter);
+  run(data + 1, size - 1, *filter, policy.maxLineLength);
   return 0;
 }

@@ -23,7 +23,7 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   policy.listenerTls = static_cast<config::TlsMode>((selector >> 2) % 3);
   policy.requireTls = (selector & 0x10) != 0;
   policy.allowAuth = (selector & 0x20) != 0;
-  policy.maxLineLength = (selector & 0x40) != 0 ? 256 : 8192;
+  policy.maxLineLength = (selector & 0x40) != 0 ? 64 : 8192;
   protocol::BackendOffer offer;
   if ((selector & 0x10) != 0) {
     offer.capabilities = {"IMAP4rev1", "AUTH=XOAUTH2", "SASL PLAIN XOAUTH2", "AUTH LOGIN",
@@ -62,6 +62,13 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
         std::abort();
       }
       waiting = true;
+    }
+    // SPEC §5.1: what a client makes the dialogue hold is bounded by max_line_length (the
+    // session stops reading while credentials wait for their verdict). A literal count that
+    // wraps, or a command that grows literal after literal, fails here.
+    if (!waiting && !out.close && !out.quit &&
+        dialogue->heldFromClient() > policy.maxLineLength + 2) {
+      std::abort();
     }
     return !out.close && !out.quit;
   });

@@ -103,6 +103,7 @@ private:
       budget_.reset();
     }
     continuing_ = false;
+    reader_.setMaxLine(policy_.maxLineLength); // a new command, or one fully budgeted below
     imap::Literal announced = imap::literalAtEnd(text);
     if (hasControlByte(text)) {
       // SPEC §5.1: a syntax error. A literal it announces without waiting would arrive as
@@ -147,6 +148,9 @@ private:
         words_.items.emplace_back();
         continuing_ = true;
       }
+      // The rest of the command (its next line) gets what is left of the budget, so what
+      // postern holds for one command stays within max_line_length.
+      reader_.setMaxLine(policy_.maxLineLength - budget_.used() + 2);
       if (literal.synchronising) {
         out.toClient += "+ Ready for literal data\r\n";
       }
@@ -164,6 +168,14 @@ private:
     }
     command(out);
     words_.wipe();
+  }
+
+  std::size_t assembled() const override {
+    std::size_t bytes = literal_.size();
+    for (const std::string& word : words_.items) {
+      bytes += word.size();
+    }
+    return bytes;
   }
 
   void closeWith(std::string_view reply, LoginOutput& out) {

@@ -61,6 +61,10 @@ public:
   virtual void unavailable(LoginOutput& out) = 0;
   // The backend accepted: what the client sent after its credentials, for the backend.
   virtual std::string acceptedRest() = 0;
+  // Client bytes held (unread input, a command being assembled). While no credentials wait
+  // for a verdict, never more than the policy's maxLineLength once a read is processed
+  // (SPEC §5.1; the fuzz targets check it).
+  virtual std::size_t heldFromClient() const = 0;
 };
 
 struct ReplayContext {

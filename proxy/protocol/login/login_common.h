@@ -31,6 +31,7 @@ public:
     waiting_ = false;
     return reader_.takeAll();
   }
+  std::size_t heldFromClient() const override { return reader_.pending().size() + assembled(); }
 
 protected:
   LoginFront(const Policy& policy, BackendOffer offer)
@@ -51,6 +52,8 @@ protected:
     run(out);
   }
   virtual void afterTls(LoginOutput&) {}
+  // Bytes of a command being assembled across lines (IMAP literals).
+  virtual std::size_t assembled() const { return 0; }
 
   // Authentication is allowed now (TLS policy): STARTTLS before it where TLS is required.
   bool authAllowedNow() const { return policy_.allowAuth && (tls_ || !policy_.requireTls); }
