@@ -237,10 +237,10 @@ private:
     auto parsed = imap::parseCommandLine(line);
     if (!parsed) {
       // SPEC §5.1: a control byte, or no tag a server reads as postern does.
-      refuse(line, imap::commandError(line, parsed.error()), out);
+      refuse(line, imap::commandError(line, parsed.error), out);
       return;
     }
-    auto [tag, verb, arguments] = *parsed;
+    auto [tag, verb, arguments] = *parsed.command;
     commandTag_ = std::string(tag);
     if (equalsNoCase(verb, "STARTTLS")) {
       startTls(tag, arguments, line, out);

@@ -20,27 +20,28 @@ bool validTag(std::string_view tag) {
   return true;
 }
 
-std::expected<CommandLine, CommandError> parseCommandLine(std::string_view line) {
+ParsedCommand parseCommandLine(std::string_view line) {
   std::string_view text = chomp(line);
   if (hasControlByte(text)) {
-    return std::unexpected(CommandError::ControlByte);
+    return {std::nullopt, CommandError::ControlByte};
   }
   std::size_t space = text.find(' ');
   std::string_view tag = text.substr(0, space);
   if (!validTag(tag)) {
-    return std::unexpected(CommandError::BadTag);
+    return {std::nullopt, CommandError::BadTag};
   }
   if (space == std::string_view::npos) {
-    return std::unexpected(CommandError::NoVerb);
+    return {std::nullopt, CommandError::NoVerb};
   }
   std::string_view rest = text.substr(space + 1);
   std::size_t end = rest.find(' ');
   std::string_view verb = rest.substr(0, end);
   if (verb.empty()) {
-    return std::unexpected(CommandError::NoVerb);
+    return {std::nullopt, CommandError::NoVerb};
   }
-  return CommandLine{tag, verb,
-                     end == std::string_view::npos ? std::string_view() : rest.substr(end + 1)};
+  return {CommandLine{tag, verb,
+                      end == std::string_view::npos ? std::string_view() : rest.substr(end + 1)},
+          CommandError::ControlByte};
 }
 
 std::string commandError(std::string_view line, CommandError error) {

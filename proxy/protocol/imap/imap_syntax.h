@@ -7,7 +7,6 @@
 #include "proxy/protocol/syntax.h"
 
 #include <cstddef>
-#include <expected>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,8 +29,14 @@ enum class CommandError {
   BadTag,      // no tag, or one the grammar does not allow
   NoVerb,      // a tag and nothing after it (or not one SP between them)
 };
+// (Not std::expected: the fuzz build's clang 14 cannot use libstdc++'s <expected>.)
+struct ParsedCommand {
+  std::optional<CommandLine> command;
+  CommandError error = CommandError::ControlByte; // when there is no command
+  explicit operator bool() const { return command.has_value(); }
+};
 // `line` with or without its CRLF.
-std::expected<CommandLine, CommandError> parseCommandLine(std::string_view line);
+ParsedCommand parseCommandLine(std::string_view line);
 // The reply to a command line that parseCommandLine refused.
 std::string commandError(std::string_view line, CommandError error);
 
