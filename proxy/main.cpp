@@ -139,6 +139,10 @@ int run(const std::string& path) {
   for (std::thread& thread : threads) {
     thread.join();
   }
+  servers.clear(); // each loop is closed here, and checked for handles left open
+  if (proxy::Server::leakedHandles()) {
+    return 70; // EX_SOFTWARE: a handle outlived its owner (STYLE #9)
+  }
   logging::info("stopped");
   return 0;
 }

@@ -1,6 +1,8 @@
 // The server: one libuv loop with its listeners, backend pools and live sessions; drain on signals.
 #include "proxy/server.h"
 
+#include <atomic>
+
 #include "config/load.h"
 #include "proxy/log.h"
 #include "proxy/protocol/registry.h"
@@ -45,11 +47,32 @@ Server::Server(const config::Config& config, metrics::Registry& registry, Shared
   net::attachLoopContext(&loop_, &loopContext_);
 }
 
+namespace {
+
+std::atomic<bool> gLeakedHandles{false};
+
+} // namespace
+
+bool Server::leakedHandles() { return gLeakedHandles.load(); }
+
 Server::~Server() {
   stopLoop();
   uv_run(&loop_, UV_RUN_DEFAULT);
   if (uv_loop_close(&loop_) != 0) {
-    logging::error("event loop closed with handles still open");
+    // Name what is still open, so a leak says where it comes from.
+    std::string open;
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* handle, void* names) {
+          auto* list = static_cast<std::string*>(names);
+          *list += (list->empty() ? "" : ",");
+          *list += uv_handle_type_name(uv_handle_get_type(handle));
+          *list += uv_is_closing(handle) != 0 ? "(closing)" : "";
+        },
+        &open);
+    logging::error("event loop closed with handles still open",
+                   {{"worker", std::to_string(worker_)}, {"handles", open}});
+    gLeakedHandles = true;
   }
 }
 

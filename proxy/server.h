@@ -49,6 +49,9 @@ public:
   void run();
   // The port each listener is bound to (port 0 in the config becomes a real one).
   std::map<std::string, int> boundPorts() const;
+  // Whether any worker's loop still had open handles when it was closed (STYLE #9): a leak
+  // the process reports by its exit status, so every test that stops postern checks it.
+  static bool leakedHandles();
 
 private:
   // One per configured listener: the socket and what its new sessions share. A reload gives an

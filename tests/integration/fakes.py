@@ -2,6 +2,7 @@
 and never greets, one that floods, one that greets and then dies. Real protocol behaviour is
 always tested against Dovecot and Postfix instead."""
 
+import select
 import socket
 import threading
 
@@ -55,14 +56,20 @@ def silent(conn):
         pass
 
 
-def flood(total, chunk=65536):
-    """Greets, then sends `total` bytes of a known pattern as fast as the client takes them."""
+def flood(total, chunk=65536, stalled=None):
+    """Greets, then sends `total` bytes of a known pattern as fast as the client takes them.
+    `stalled` (a threading.Event) is set the first time the socket takes no more bytes: the
+    proxy in between has stopped reading."""
     def behaviour(conn):
         conn.sendall(b"* OK flood\r\n")
         block = bytes(range(256)) * (chunk // 256)
         sent = 0
         while sent < total:
             piece = block[: min(chunk, total - sent)]
+            if stalled is not None and not stalled.is_set():
+                _, writable, _ = select.select([], [conn], [], 0.5)
+                if not writable:
+                    stalled.set()
             conn.sendall(piece)
             sent += len(piece)
         conn.shutdown(socket.SHUT_WR)

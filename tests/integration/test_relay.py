@@ -7,6 +7,7 @@ import os
 import poplib
 import smtplib
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -30,8 +31,20 @@ def tearDownModule():
     servers.stop()
 
 
-def open_fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+
+def read_until_closed(sock):
+    """Everything `sock` receives until the other side closes (bounded by its timeout)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return data
 
 
 def rss_kib(pid):
@@ -191,13 +204,9 @@ class Metrics(PosternCase):
             servers, backend_extra='health = { interval = "1h", timeout = "2s" }\n'))
         self.assertTrue(harness.wait_until(
             lambda: postern.metric("postern_health_checks_total", result="ok") == 4))
-        pid = postern.process.pid
-        # The checks' connections close on the loop's next turn: take the settled count.
-        samples = []
-        for _ in range(6):
-            samples.append(open_fds(pid))
-            time.sleep(0.05)
-        baseline_fds = min(samples)
+        # A check's connection is closed before its result is counted, so once the metric says 4
+        # the count of descriptors is settled (the exposer's own sockets are left out).
+        baseline_fds = harness.descriptors(postern)
         rounds = 4
         for _ in range(rounds):
             host, port = postern.address("imap")
@@ -240,8 +249,9 @@ class Metrics(PosternCase):
         self.assertEqual(harness.parse_metric(text, "postern_build_info", {}), 1)
         self.assertEqual(len(postern.access_lines()), 3 * rounds)
         # Every session's descriptors were given back.
-        self.assertTrue(harness.wait_until(lambda: open_fds(pid) == baseline_fds, timeout=5),
-                        f"{open_fds(pid)} descriptors open, {baseline_fds} at start")
+        self.assertTrue(harness.wait_until(
+            lambda: harness.descriptors(postern) == baseline_fds, timeout=5),
+            f"{harness.descriptors(postern)} descriptors open, {baseline_fds} at start")
         self.assert_clean_exit(postern)
 
     def test_exposition_passes_promtool(self):
@@ -445,8 +455,11 @@ class Limits(PosternCase):
         self.assertIn(b"* BYE Autologout", data)
         # A session that logs in in time is not limited any more.
         imap = imaplib.IMAP4(*postern.address("imap"))
+        # A second session, opened with it, that never logs in: once postern has ended that one
+        # for its age, the logged-in session is past the same deadline (no sleep needed).
+        witness = socket.create_connection(postern.address("imap"), timeout=15)
         imap.login(USER, PASSWORD)
-        time.sleep(1.5)
+        self.assertIn(b"* BYE Autologout", read_until_closed(witness))
         self.assertEqual(imap.noop()[0], "OK")
         imap.logout()
 
@@ -467,7 +480,8 @@ class Limits(PosternCase):
 
     def test_slow_client_holds_bounded_memory(self):
         total = 64 * 1024 * 1024
-        fake = fakes.FakeBackend(fakes.flood(total))
+        stalled = threading.Event()
+        fake = fakes.FakeBackend(fakes.flood(total, stalled=stalled))
         self.addCleanup(fake.stop)
         text = ('[metrics]\nlisten = "127.0.0.1:0"\n[[listener]]\nname = "bulk"\n'
                 'protocol = "imap"\nlisten = "127.0.0.1:0"\nbackend = "flood"\n'
@@ -477,7 +491,9 @@ class Limits(PosternCase):
         before = rss_kib(pid)
         sock = socket.create_connection(postern.address("bulk"), timeout=30)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        time.sleep(1.0)  # the backend floods while the client reads nothing
+        # The backend floods while the client reads nothing, until its socket towards postern
+        # stops taking bytes: postern has stopped reading it (backpressure engaged).
+        self.assertTrue(stalled.wait(timeout=30), "the backend was never held back")
         grown = rss_kib(pid) - before
         # Backpressure: postern stops reading the backend instead of buffering 64 MiB. (The bound
         # leaves room for AddressSanitizer's quarantine of freed memory.)

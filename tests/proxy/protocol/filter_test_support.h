@@ -58,20 +58,48 @@ inline Policy starttlsPolicy(bool requireTls = true, bool allowAuth = true) {
   return policy;
 }
 
-// Feeds `script` to a fresh filter split in two at every position; the bytes forwarded and
-// answered must not depend on where the reads fell.
+// Feeds `script` to a fresh filter split in two at every position, and the backend's
+// `greeting` likewise: what is forwarded and answered, the events, and the close, STARTTLS and
+// relay-only decisions must not depend on where the reads fell, in either direction.
+inline Transcript joined(Transcript first, const Transcript& second) {
+  first.toClient += second.toClient;
+  first.toBackend += second.toBackend;
+  first.events.insert(first.events.end(), second.events.begin(), second.events.end());
+  first.startTls = first.startTls || second.startTls;
+  first.close = first.close || second.close;
+  first.relayOnly = first.relayOnly || second.relayOnly;
+  return first;
+}
+
+inline void expectSameTranscript(const Transcript& got, const Transcript& expected,
+                                 const std::string& where) {
+  EXPECT_EQ(got.toBackend, expected.toBackend) << where;
+  EXPECT_EQ(got.toClient, expected.toClient) << where;
+  EXPECT_EQ(got.events, expected.events) << where;
+  EXPECT_EQ(got.startTls, expected.startTls) << where;
+  EXPECT_EQ(got.close, expected.close) << where;
+  EXPECT_EQ(got.relayOnly, expected.relayOnly) << where;
+}
+
 template <typename Make>
 void expectSplitInvariant(Make make, std::string_view greeting, std::string_view script) {
   Driver whole(make());
-  whole.backend(greeting);
+  Transcript expectedGreeting = whole.backend(greeting);
   Transcript expected = whole.client(script);
   for (std::size_t cut = 0; cut <= script.size(); ++cut) {
     Driver split(make());
     split.backend(greeting);
     Transcript first = split.client(script.substr(0, cut));
-    Transcript second = split.client(script.substr(cut));
-    EXPECT_EQ(first.toBackend + second.toBackend, expected.toBackend) << "cut at " << cut;
-    EXPECT_EQ(first.toClient + second.toClient, expected.toClient) << "cut at " << cut;
+    Transcript got = first.close ? first : joined(first, split.client(script.substr(cut)));
+    expectSameTranscript(got, expected, "client bytes cut at " + std::to_string(cut));
+  }
+  for (std::size_t cut = 0; cut <= greeting.size(); ++cut) {
+    Driver split(make());
+    Transcript first = split.backend(greeting.substr(0, cut));
+    Transcript got = first.close ? first : joined(first, split.backend(greeting.substr(cut)));
+    expectSameTranscript(got, expectedGreeting, "backend bytes cut at " + std::to_string(cut));
+    expectSameTranscript(split.client(script), expected,
+                         "after backend bytes cut at " + std::to_string(cut));
   }
 }
 

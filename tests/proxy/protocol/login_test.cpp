@@ -203,11 +203,19 @@ template <typename Make> void expectSplitInvariant(Make make, std::string_view s
     Front split = make();
     split.greet();
     Said first = split.client(script.substr(0, cut));
-    Said second = first.user ? Said{} : split.client(script.substr(cut));
-    Said& got = first.user ? first : second;
+    bool done = first.user || first.close || first.quit || first.startTls;
+    Said second = done ? Said{} : split.client(script.substr(cut));
+    Said& got = done ? first : second;
     EXPECT_EQ(first.toClient + second.toClient, expected.toClient) << "cut at " << cut;
     EXPECT_EQ(got.user, expected.user) << "cut at " << cut;
     EXPECT_EQ(got.secret, expected.secret) << "cut at " << cut;
+    // The decisions too, not only the bytes: events, close, quit and STARTTLS.
+    std::vector<Event> events = first.events;
+    events.insert(events.end(), second.events.begin(), second.events.end());
+    EXPECT_EQ(events, expected.events) << "cut at " << cut;
+    EXPECT_EQ(first.close || second.close, expected.close) << "cut at " << cut;
+    EXPECT_EQ(first.quit || second.quit, expected.quit) << "cut at " << cut;
+    EXPECT_EQ(first.startTls || second.startTls, expected.startTls) << "cut at " << cut;
   }
 }
 
