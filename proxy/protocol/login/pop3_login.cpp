@@ -77,6 +77,10 @@ private:
       return;
     }
     auto [verb, arguments] = *parsed;
+    if (pop3::isAddressClaim(verb)) {
+      out.toClient += pop3::kNotPermitted; // SPEC §5.1, as in passthrough
+      return;
+    }
     if (equalsNoCase(verb, "CAPA")) {
       out.toClient += capabilities();
     } else if (equalsNoCase(verb, "QUIT")) {

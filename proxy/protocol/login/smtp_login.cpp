@@ -71,6 +71,10 @@ private:
       return;
     }
     auto [verb, arguments] = *parsed;
+    if (smtp::isAddressClaim(verb)) {
+      out.toClient += smtp::kNotPermitted; // SPEC §5.1, as in passthrough
+      return;
+    }
     if (equalsNoCase(verb, "EHLO") || equalsNoCase(verb, "HELO")) {
       if (arguments.empty()) {
         out.toClient += "501 5.5.4 Syntax: " + std::string(verb) + " hostname\r\n";

@@ -251,8 +251,15 @@ private:
       }
       return;
     }
-    out.toClient += line;
     Kind kind = head.kind;
+    if (kind == Kind::Greeting && ok) {
+      // SPEC §5.1: response codes go wherever they stand. Dovecot greets a trusted address
+      // (postern's) with "+OK [XCLIENT] ..."; that offer is between postern and the server.
+      std::string rest = withoutResponseCodes(chomp(line).substr(3));
+      out.toClient += rest.empty() ? "+OK\r\n" : "+OK " + rest + "\r\n";
+    } else {
+      out.toClient += line;
+    }
     pending_.pop_front();
     if (kind == Kind::Auth) {
       sasl_ = false;

@@ -395,6 +395,13 @@ TEST(AddressClaims, Pop3XclientIsRefusedAndHidden) {
   s.feed("CAPA\r\n", o);
   s.backend("+OK\r\nTOP\r\nXCLIENT\r\nUSER\r\nSASL PLAIN\r\n.\r\n", o);
   EXPECT_EQ(o.toClient, "+OK\r\nTOP\r\nUSER\r\nSASL PLAIN\r\n.\r\n");
+  // Dovecot offers it in its greeting to a trusted address: that code goes too.
+  Subject greeted = filter(makePop3Filter(kPlain), "");
+  Outcome greeting;
+  greeted.backend("+OK [XCLIENT] Dovecot (Debian) ready.\r\n", greeting);
+  EXPECT_EQ(greeting.toClient, "+OK Dovecot (Debian) ready.\r\n");
+  EXPECT_EQ(runSplit(pop3Login(), "XCLIENT ADDR=10.9.8.6\r\n").toClient,
+            "-ERR Command not permitted\r\n");
   Subject front = login(makePop3Login(kImplicit, {{"TOP", "XCLIENT", "USER", "SASL PLAIN"}}));
   Outcome capa;
   front.feed("CAPA\r\n", capa);
@@ -418,6 +425,8 @@ TEST(AddressClaims, SmtpXclientAndXforwardAreRefusedEverywhere) {
             "250-CHUNKING\r\n250 8BITMIME\r\n",
             o);
   EXPECT_EQ(o.toClient, "250-mx\r\n250 8BITMIME\r\n");
+  EXPECT_EQ(runSplit(smtpLogin(), "XCLIENT ADDR=10.9.8.7\r\n").toClient,
+            "550 5.7.1 Error: not permitted\r\n");
   // The login dialogue hides the same set (BINARYMIME was shown there).
   Subject front = login(makeSmtpLogin(kImplicit, {{"XCLIENT ADDR", "BINARYMIME", "8BITMIME"}}));
   Outcome ehlo;
