@@ -1,6 +1,9 @@
 // The metric catalogue (every name, help text and label of SPEC §6) and the prometheus-cpp glue.
 #include "metrics/metrics.h"
 
+#include <atomic>
+#include <cstring>
+
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
@@ -47,6 +50,9 @@ struct ListenerMetrics::Series {
   prometheus::Histogram* handshakeDuration;
   prometheus::Counter* resumed;
   std::array<std::array<prometheus::Counter*, kStartTlsResults>, 2> startTls;
+  // postern_auth_total by mechanism and result: resolved on first use (so a listener exports
+  // only the series it has counted), then an array lookup per event.
+  std::array<std::array<std::atomic<prometheus::Counter*>, 4>, kMechanismCount> auth{};
   std::string name;
 };
 
@@ -105,7 +111,20 @@ void ListenerMetrics::startTls(StartTlsSide side, StartTlsResult result) {
 }
 
 void ListenerMetrics::auth(const char* mechanism, AuthResult result) {
-  registry_->countAuth(series_->name, mechanism, result);
+  std::size_t index = kMechanismCount - 1; // "other"
+  for (std::size_t i = 0; i < kMechanismCount; ++i) {
+    if (std::strcmp(kMechanismLabels[i], mechanism) == 0) {
+      index = i;
+      break;
+    }
+  }
+  std::atomic<prometheus::Counter*>& slot = series_->auth[index][static_cast<int>(result)];
+  prometheus::Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    counter = registry_->authCounter(series_->name, kMechanismLabels[index], result);
+    slot.store(counter, std::memory_order_release);
+  }
+  counter->Increment();
 }
 
 void ServerMetrics::certificateExpiry(double secondsSinceEpoch) {
@@ -324,13 +343,13 @@ ListenerMetrics Registry::listener(const std::string& name, const std::string& p
   return handle;
 }
 
-void Registry::countAuth(const std::string& listener, const char* mechanism, AuthResult result) {
+prometheus::Counter* Registry::authCounter(const std::string& listener, const char* mechanism,
+                                           AuthResult result) {
   static constexpr const char* kResults[] = {"ok", "failed", "refused_plaintext", "throttled"};
-  impl_->auth
-      .Add({{"listener", listener},
-            {"mechanism", mechanism},
-            {"result", kResults[static_cast<int>(result)]}})
-      .Increment();
+  // Family::Add returns the one series for these labels, whichever worker asks first.
+  return &impl_->auth.Add({{"listener", listener},
+                           {"mechanism", mechanism},
+                           {"result", kResults[static_cast<int>(result)]}});
 }
 
 BackendMetrics Registry::backend(const std::string& name) {

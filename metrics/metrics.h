@@ -1,11 +1,17 @@
 // What the proxy calls to count things; names and labels (SPEC §6) live in metrics.cpp's catalogue.
 #pragma once
 
+#include "metrics/labels.h"
+
 #include <cstdint>
 #include <expected>
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace prometheus {
+class Counter;
+} // namespace prometheus
 
 namespace metrics {
 
@@ -113,7 +119,9 @@ public:
   void setCertificates(const std::vector<Certificate>& certificates);
   void configReload(bool ok);
 
-  void countAuth(const std::string& listener, const char* mechanism, AuthResult result);
+  // The postern_auth_total series of one listener, mechanism and result (resolved once).
+  prometheus::Counter* authCounter(const std::string& listener, const char* mechanism,
+                                   AuthResult result);
 
   // The text exposition, as /metrics serves it (for tests and diagnostics).
   std::string render() const;

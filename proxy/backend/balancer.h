@@ -30,7 +30,19 @@ std::unique_ptr<Balancer> makeRoundRobin();
 std::unique_ptr<Balancer> makeLeastConn();
 std::unique_ptr<Balancer> makeRendezvousHash();
 
-// The registry: one line per `balance` mode.
+// The catalogue: one row per `balance` mode, saying how to make it and what it hashes.
+enum class BalanceKey {
+  None,          // round_robin, least_conn: no key
+  ClientAddress, // source_hash: the client's IP (behind a trusted PROXY header, its source)
+  User,          // user_hash: the user name, case folded (login mode)
+};
+struct BalancerInfo {
+  config::Balance balance;
+  const char* name; // as the config spells it
+  std::unique_ptr<Balancer> (*make)();
+  BalanceKey key;
+};
+const BalancerInfo& balancerInfo(config::Balance balance);
 std::unique_ptr<Balancer> makeBalancer(config::Balance balance);
 
 // The 64-bit hash rendezvous hashing ranks servers by (FNV-1a, then a splitmix64 finaliser):

@@ -59,17 +59,4 @@ private:
 
 std::unique_ptr<Balancer> makeRendezvousHash() { return std::make_unique<RendezvousHash>(); }
 
-std::unique_ptr<Balancer> makeBalancer(config::Balance balance) {
-  switch (balance) {
-  case config::Balance::RoundRobin:
-    return makeRoundRobin();
-  case config::Balance::LeastConn:
-    return makeLeastConn();
-  case config::Balance::SourceHash:
-  case config::Balance::UserHash:
-    return makeRendezvousHash();
-  }
-  return makeRoundRobin();
-}
-
 } // namespace backend

@@ -1,6 +1,7 @@
 // The protocols postern speaks, as a table: names and the lines postern itself says in each.
 #include "proxy/protocol/registry.h"
 
+#include "metrics/labels.h"
 #include "proxy/protocol/line_reader.h"
 
 #include <algorithm>
@@ -64,12 +65,11 @@ bool greetingIsReady(config::Protocol protocol, std::string_view text) {
 }
 
 const char* mechanismLabel(std::string_view name) {
-  static constexpr const char* kKnown[] = {
-      "plain",       "login",         "xoauth2", "oauthbearer", "cram-md5",
-      "scram-sha-1", "scram-sha-256", "user",    "pass",        "apop"};
-  for (const char* known : kKnown) {
-    if (equalsNoCase(name, known)) {
-      return known;
+  // The label set is metrics' (kMechanismLabels); "none" and "other" are not names to match.
+  static constexpr std::size_t kNamed = metrics::kMechanismCount - 2;
+  for (std::size_t i = 0; i < kNamed; ++i) {
+    if (equalsNoCase(name, metrics::kMechanismLabels[i])) {
+      return metrics::kMechanismLabels[i];
     }
   }
   return name.empty() ? "none" : "other";

@@ -223,12 +223,18 @@ void Session::handshakeFailed(const std::string& why) {
 }
 
 void Session::connectBackend() {
-  // source_hash keys on the client's address (the one a trusted PROXY header gave, if any).
+  // What the pool's balancer hashes, as its catalogue row says (the client address is the one
+  // a trusted PROXY header gave, if any).
   std::string key;
-  if (listener_.pool->config().balance == config::Balance::SourceHash) {
+  switch (backend::balancerInfo(listener_.pool->config().balance).key) {
+  case backend::BalanceKey::None:
+    break;
+  case backend::BalanceKey::ClientAddress:
     key = net::formatIp(clientPeer_);
-  } else if (listener_.pool->config().balance == config::Balance::UserHash) {
+    break;
+  case backend::BalanceKey::User:
     key = throttleUser(); // the user name, case folded
+    break;
   }
   server_ = listener_.pool->pick(tried_, key);
   if (server_ == nullptr) {

@@ -136,3 +136,29 @@ TEST(RendezvousHash, NoKeyFallsBackToRoundRobin) {
 
 } // namespace
 } // namespace backend
+
+namespace backend {
+namespace {
+
+// The catalogue has one row per mode the config knows, each saying what it hashes.
+TEST(BalancerCatalogue, EveryModeHasARowWithItsKey) {
+  struct Expected {
+    config::Balance balance;
+    const char* name;
+    BalanceKey key;
+  };
+  for (const Expected& row :
+       {Expected{config::Balance::RoundRobin, "round_robin", BalanceKey::None},
+        Expected{config::Balance::LeastConn, "least_conn", BalanceKey::None},
+        Expected{config::Balance::SourceHash, "source_hash", BalanceKey::ClientAddress},
+        Expected{config::Balance::UserHash, "user_hash", BalanceKey::User}}) {
+    const BalancerInfo& info = balancerInfo(row.balance);
+    EXPECT_EQ(info.balance, row.balance) << row.name;
+    EXPECT_STREQ(info.name, row.name);
+    EXPECT_EQ(info.key, row.key) << row.name;
+    EXPECT_NE(makeBalancer(row.balance), nullptr) << row.name;
+  }
+}
+
+} // namespace
+} // namespace backend
