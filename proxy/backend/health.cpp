@@ -5,10 +5,7 @@
 
 #include "proxy/backend/pool.h"
 #include "proxy/log.h"
-#include "proxy/net/tls_stream.h"
-#include "proxy/protocol/proxy_header.h"
 #include "proxy/protocol/registry.h"
-#include "tls/engine.h"
 
 namespace backend {
 
@@ -23,10 +20,10 @@ void HealthChecker::start() {
 }
 
 void HealthChecker::stop() {
+  connector_.reset();
   if (stream_ != nullptr) {
     stream_->close();
     stream_ = nullptr;
-    tcp_ = nullptr;
   }
   if (timer_ != nullptr) {
     timer_->close();
@@ -39,15 +36,17 @@ void HealthChecker::begin() {
   checking_ = true;
   timer_->start(config.health.timeout);
   probe_.reset();
-  upgrade_.reset();
-  tls_ = nullptr;
-  int status = 0;
-  tcp_ = net::TcpStream::connect(loop_, reinterpret_cast<const sockaddr*>(&server_.address), this,
-                                 status);
-  stream_ = tcp_;
-  if (tcp_ == nullptr) {
-    finish(false, std::string("connect: ") + uv_strerror(status));
-  }
+  ConnectSpec spec;
+  spec.address = server_.address;
+  spec.host = server_.host;
+  spec.protocol = protocol_;
+  spec.tls = config.tls;
+  spec.tlsContext = pool_.tlsContext();
+  // With no client behind the check, the header says so (v1 UNKNOWN, v2 LOCAL).
+  spec.proxyProtocol = config.send_proxy_protocol;
+  Connector::Handler& handler = *this;
+  connector_ = std::make_unique<Connector>(loop_, std::move(spec), handler);
+  connector_->start();
 }
 
 void HealthChecker::send(const std::string& bytes) {
@@ -56,73 +55,38 @@ void HealthChecker::send(const std::string& bytes) {
   }
 }
 
-void HealthChecker::onConnected(int status) {
-  if (status != 0) {
-    finish(false, std::string("connect: ") + uv_strerror(status));
-    return;
+void HealthChecker::onBackendReady(Connector::Ready ready) {
+  connector_.reset();
+  stream_ = ready.stream;
+  stream_->setHandler(this);
+  if (ready.tls != nullptr) {
+    server_.metrics.certificateExpiry(static_cast<double>(ready.tls->peerCertificateExpiry()));
   }
-  const config::Backend& config = pool_.config();
-  if (config.send_proxy_protocol != config::ProxyProtocol::Off) {
-    // A v2 LOCAL-equivalent is not in v1; "UNKNOWN" says: no client behind this connection.
-    sockaddr_storage none{};
-    send(protocol::encodeProxyHeader(config.send_proxy_protocol, none, none));
-    if (stream_ == nullptr) {
-      return; // the write failed and finished the check
-    }
-  }
-  if (config.tls == config::TlsMode::Implicit) {
-    SSL* ssl = pool_.tlsContext()->newSsl(server_.host);
-    if (ssl == nullptr) {
-      finish(false, "cannot create a TLS connection");
-      return;
-    }
-    auto* stream = net::TlsStream::wrap(tcp_, tls::Engine::client(ssl), this);
-    stream_ = stream;
-    tls_ = &stream->engine();
-    stream->begin();
+  // After STARTTLS the greeting was read already: the probe asks for capabilities at once.
+  probe_ =
+      std::make_unique<protocol::HealthProbe>(protocol_, protocol::hostname(), ready.greetingRead);
+  if (ready.greetingRead) {
+    apply(probe_->start());
   } else {
-    if (config.tls == config::TlsMode::StartTls) {
-      upgrade_ = protocol::info(protocol_).makeBackendStartTls(protocol::hostname());
-    }
-    tcp_->startReading();
-  }
-  if (stream_ != nullptr && upgrade_ == nullptr) {
-    probe_ = std::make_unique<protocol::HealthProbe>(protocol_, protocol::hostname(), false);
+    apply(probe_->fromBackend(ready.greeting));
   }
 }
 
-void HealthChecker::onSecured() {
-  if (tls_ != nullptr) {
-    server_.metrics.certificateExpiry(static_cast<double>(tls_->peerCertificateExpiry()));
+void HealthChecker::onBackendFailed(const Connector::Failure& failure) {
+  std::string reason = failure.detail;
+  if (failure.reason == metrics::BackendError::Refused ||
+      failure.reason == metrics::BackendError::Timeout) {
+    reason = "connect: " + reason;
+  } else if (failure.startTls) {
+    reason = "STARTTLS: " + reason;
+  } else if (failure.reason == metrics::BackendError::Tls) {
+    reason = "TLS: " + reason;
   }
-  if (upgrade_ != nullptr) {
-    upgrade_.reset();
-    probe_ = std::make_unique<protocol::HealthProbe>(protocol_, protocol::hostname(), true);
-    apply(probe_->start());
-  }
+  connector_.reset();
+  finish(false, reason);
 }
 
 void HealthChecker::onRead(std::span<const char> data) {
-  if (upgrade_ != nullptr) {
-    using Step = protocol::BackendStartTls::Step;
-    protocol::BackendStartTls::Result result = upgrade_->fromBackend(data);
-    if (result.step == Step::Send) {
-      send(result.toBackend);
-    } else if (result.step == Step::Failed) {
-      finish(false, "STARTTLS: " + result.reason);
-    } else if (result.step == Step::StartTls) {
-      SSL* ssl = pool_.tlsContext()->newSsl(server_.host);
-      if (ssl == nullptr) {
-        finish(false, "cannot create a TLS connection");
-        return;
-      }
-      auto* stream = net::TlsStream::wrap(tcp_, tls::Engine::client(ssl), this);
-      stream_ = stream;
-      tls_ = &stream->engine();
-      stream->begin();
-    }
-    return;
-  }
   if (probe_ != nullptr) {
     apply(probe_->fromBackend(data));
   }
@@ -148,9 +112,8 @@ void HealthChecker::apply(const protocol::HealthProbe::Result& result) {
 void HealthChecker::onEnd() { finish(false, "connection closed during the check"); }
 
 void HealthChecker::onError(int status) {
-  finish(false, status == net::kTlsFailure
-                    ? "TLS: " + (tls_ != nullptr ? tls_->error() : std::string("failure"))
-                    : std::string(uv_strerror(status)));
+  finish(false, status == net::kTlsFailure ? std::string("TLS failure")
+                                           : std::string(uv_strerror(status)));
 }
 
 void HealthChecker::onTimer() {
@@ -166,12 +129,11 @@ void HealthChecker::finish(bool ok, const std::string& reason) {
     return;
   }
   checking_ = false;
+  connector_.reset();
   if (stream_ != nullptr) {
     stream_->close();
     stream_ = nullptr;
-    tcp_ = nullptr;
   }
-  tls_ = nullptr;
   pool_.report(server_, ok, true, reason);
   if (timer_ != nullptr) {
     timer_->start(pool_.config().health.interval);

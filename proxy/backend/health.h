@@ -4,12 +4,10 @@
 #pragma once
 
 #include "config/model.h"
+#include "proxy/backend/connector.h"
 #include "proxy/net/byte_stream.h"
-#include "proxy/net/tcp_stream.h"
 #include "proxy/net/timer.h"
-#include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/health_probe.h"
-#include "tls/engine.h"
 
 #include <memory>
 #include <string>
@@ -19,7 +17,9 @@ namespace backend {
 class Pool;
 struct Server;
 
-class HealthChecker final : private net::StreamHandler, private net::TimerHandler {
+class HealthChecker final : private net::StreamHandler,
+                            private net::TimerHandler,
+                            private Connector::Handler {
 public:
   HealthChecker(uv_loop_t* loop, Pool& pool, Server& server, config::Protocol protocol);
   ~HealthChecker();
@@ -36,8 +36,11 @@ private:
   void send(const std::string& bytes);
   void apply(const protocol::HealthProbe::Result& result);
 
-  void onConnected(int status) override;
-  void onSecured() override;
+  // The connection (PROXY header, TLS, STARTTLS) is the session's own: backend::Connector.
+  void onBackendReady(Connector::Ready ready) override;
+  void onBackendFailed(const Connector::Failure& failure) override;
+  void onConnected(int) override {}
+  void onSecured() override {}
   void onRead(std::span<const char> data) override;
   void onEnd() override;
   void onError(int status) override;
@@ -49,10 +52,8 @@ private:
   Server& server_;
   config::Protocol protocol_;
   net::Timer* timer_ = nullptr;
-  net::TcpStream* tcp_ = nullptr;
-  net::ByteStream* stream_ = nullptr;
-  const tls::Engine* tls_ = nullptr;
-  std::unique_ptr<protocol::BackendStartTls> upgrade_;
+  std::unique_ptr<Connector> connector_; // until the server is ready
+  net::ByteStream* stream_ = nullptr;    // then the connection the probe talks over
   std::unique_ptr<protocol::HealthProbe> probe_;
   bool checking_ = false;
 };

@@ -247,13 +247,22 @@ void Session::connectBackend() {
   tried_.push_back(server_);
   connectStartedAt_ = timer_->now();
   timer_->start(listener_.pool->config().connect_timeout);
-  int status = 0;
-  backendTcp_ = net::TcpStream::connect(loop_, reinterpret_cast<const sockaddr*>(&server_->address),
-                                        &backendSide_, status);
-  backend_ = backendTcp_;
-  if (backend_ == nullptr) {
-    backendFailed(metrics::BackendError::Refused, uv_strerror(status));
+  const config::Backend& pool = listener_.pool->config();
+  backend::ConnectSpec spec;
+  spec.address = server_->address;
+  spec.host = server_->host;
+  spec.protocol = listener_.config.protocol;
+  spec.tls = pool.tls;
+  spec.tlsContext = listener_.pool->tlsContext();
+  spec.proxyProtocol = pool.send_proxy_protocol;
+  spec.client = clientPeer_;
+  spec.local = clientLocal_;
+  if (listener_.config.protocol == config::Protocol::Smtp && pool.smtp_xclient) {
+    spec.xclient = xclientCommandForClient();
   }
+  connector_ = std::make_unique<backend::Connector>(
+      loop_, std::move(spec), static_cast<backend::Connector::Handler&>(backendSide_));
+  connector_->start();
 }
 
 void Session::releaseBackend() {
@@ -261,10 +270,8 @@ void Session::releaseBackend() {
     backend_->close();
     backend_ = nullptr;
   }
-  backendTcp_ = nullptr;
+  connector_.reset();
   backendTls_ = nullptr;
-  backendUpgrade_.reset();
-  xclient_.reset();
   if (login_ != nullptr) {
     login_->replay.reset();
   }
@@ -300,116 +307,53 @@ void Session::backendFailed(metrics::BackendError reason, const std::string& det
   close(metrics::CloseReason::BackendUnavailable);
 }
 
-void Session::onBackendConnected(int status) {
-  if (status != 0) {
-    backendFailed(status == UV_ETIMEDOUT ? metrics::BackendError::Timeout
-                                         : metrics::BackendError::Refused,
-                  uv_strerror(status));
-    return;
-  }
-  if (listener_.config.protocol == config::Protocol::Smtp &&
-      listener_.pool->config().smtp_xclient) {
-    xclient_ = std::make_unique<protocol::SmtpXclient>(protocol::hostname(),
-                                                       xclientCommandForClient(), "");
-  }
-  // The PROXY header comes first on the wire, before TLS or anything of the protocol.
-  if (config::ProxyProtocol version = listener_.pool->config().send_proxy_protocol;
-      version != config::ProxyProtocol::Off) {
-    if (backendTcp_->write(protocol::encodeProxyHeader(version, clientPeer_, clientLocal_)) != 0) {
-      backendFailed(metrics::BackendError::Closed, "cannot send the PROXY header");
-      return;
-    }
-  }
-  switch (listener_.pool->config().tls) {
-  case config::TlsMode::Implicit: {
-    startBackendTls();
-    return;
-  }
-  case config::TlsMode::StartTls:
-    backendUpgrade_ = listener_.protocol->makeBackendStartTls(protocol::hostname());
-    if (int error = backend_->startReading(); error != 0) {
-      backendFailed(metrics::BackendError::Closed, uv_strerror(error));
-    }
-    return;
-  case config::TlsMode::None:
-    if (int error = backend_->startReading(); error != 0) {
-      backendFailed(metrics::BackendError::Closed, uv_strerror(error));
-    }
-    return;
-  }
-}
-
-// TLS towards the backend, on connect (implicit) or after its STARTTLS go-ahead.
-void Session::startBackendTls() {
-  SSL* ssl = listener_.pool->tlsContext()->newSsl(server_->host);
-  if (ssl == nullptr) {
-    backendFailed(metrics::BackendError::Tls, "cannot create a TLS connection");
-    return;
-  }
-  auto* stream = net::TlsStream::wrap(backendTcp_, tls::Engine::client(ssl), &backendSide_);
-  backend_ = stream;
-  backendTls_ = &stream->engine();
-  stream->begin();
-}
-
-void Session::onBackendSecured() {
-  if (server_ != nullptr && backendTls_ != nullptr) {
+// The server is reachable and greeted (or its greeting was read by STARTTLS/XCLIENT).
+void Session::onBackendReady(backend::Connector::Ready ready) {
+  connector_.reset();
+  backend_ = ready.stream;
+  backend_->setHandler(&backendSide_);
+  backendTls_ = ready.tls;
+  if (backendTls_ != nullptr && server_ != nullptr) {
     server_->metrics.certificateExpiry(static_cast<double>(backendTls_->peerCertificateExpiry()));
   }
-  if (backendUpgrade_ == nullptr) {
-    return; // implicit TLS: the greeting comes over TLS next
+  if (ready.startTls) {
+    listener_.metrics.startTls(metrics::StartTlsSide::Backend, metrics::StartTlsResult::Ok);
   }
-  listener_.metrics.startTls(metrics::StartTlsSide::Backend, metrics::StartTlsResult::Ok);
-  // The client sees only the plaintext greeting's status line, response codes removed.
-  std::string greeting = backendUpgrade_->greetingForClient();
-  backendUpgrade_.reset();
-  if (xclient_ != nullptr) {
-    // After TLS the server waits for EHLO; XCLIENT follows over TLS.
-    xclient_ = std::make_unique<protocol::SmtpXclient>(protocol::hostname(),
-                                                       xclientCommandForClient(), greeting);
-    xclientStep(xclient_->start());
-    return;
+  if (listener_.config.protocol == config::Protocol::Smtp &&
+      listener_.pool->config().smtp_xclient && !ready.xclientForwarded) {
+    logging::info("XCLIENT not used", {{"listener", listener_.config.name},
+                                       {"server", server_ != nullptr ? server_->name : "-"},
+                                       {"reason", "not offered or refused by the server"}});
   }
   if (loginMode()) {
-    startReplay(true);
+    startReplay(ready.greetingRead);
+    if (!ready.greetingRead && login_ != nullptr && login_->replay != nullptr) {
+      replayStep(login_->replay->fromBackend(ready.greeting)); // the server's first bytes
+    }
     return;
   }
   if (becomeReady()) {
-    relayFromBackend(greeting);
+    relayFromBackend(ready.greeting);
   }
+}
+
+// SPEC §5, §7: a connect, TLS, STARTTLS or greeting failure makes a failed server; another may
+// serve (backend STARTTLS fails closed: never a plaintext session).
+void Session::onBackendFailed(const backend::Connector::Failure& failure) {
+  connector_.reset();
+  if (failure.startTls) {
+    listener_.metrics.startTls(metrics::StartTlsSide::Backend, *failure.startTls);
+  }
+  backendFailed(failure.reason, failure.detail);
 }
 
 void Session::onBackendRead(std::span<const char> data) {
   if (phase_ == Phase::Connecting) {
-    if (backendUpgrade_ != nullptr) {
-      upgradeBackend(data);
-      return;
-    }
-    if (xclient_ != nullptr) {
-      xclientStep(xclient_->fromBackend(data));
-      return;
-    }
+    // Login mode: the replay speaks with the server until its verdict.
     if (login_ != nullptr && login_->replay != nullptr) {
       replayStep(login_->replay->fromBackend(data));
-      return;
     }
-    if (loginMode()) {
-      startReplay(false);
-      if (login_->replay != nullptr) {
-        replayStep(login_->replay->fromBackend(data));
-      }
-      return;
-    }
-    if (!protocol::greetingIsReady(listener_.config.protocol,
-                                   std::string_view(data.data(), data.size()))) {
-      // SPEC §7: a server that greets with a refusal is a failed server; another may serve.
-      std::string_view text(data.data(), std::min<std::size_t>(data.size(), 80));
-      backendFailed(metrics::BackendError::Greeting, std::string(text.substr(0, text.find('\r'))));
-      return;
-    }
-    if (!becomeReady()) {
-      return;
-    }
+    return;
   }
   relayFromBackend(data);
 }
@@ -459,74 +403,6 @@ std::string Session::xclientCommandForClient() const {
   // From the binary address: nothing here parses text, nothing can throw (SPEC §5.1).
   return protocol::xclientCommand(net::formatIp(clientPeer_), clientPeer_.ss_family == AF_INET6,
                                   net::portOf(clientPeer_));
-}
-
-// SMTP XCLIENT: the backend learns the client's address before the client says anything.
-void Session::xclientStep(const protocol::BackendStartTls::Result& result) {
-  using Step = protocol::BackendStartTls::Step;
-  switch (result.step) {
-  case Step::NeedMore:
-  case Step::StartTls:
-    return;
-  case Step::Send:
-    if (backend_->write(result.toBackend) != 0) {
-      backendFailed(metrics::BackendError::Closed, "write failed");
-    }
-    return;
-  case Step::Failed:
-    backendFailed(metrics::BackendError::Greeting, result.reason);
-    return;
-  case Step::Ready: {
-    if (!xclient_->forwarded()) {
-      logging::info("XCLIENT not used", {{"listener", listener_.config.name},
-                                         {"server", server_ != nullptr ? server_->name : "-"},
-                                         {"reason", "not offered or refused by the server"}});
-    }
-    std::string greeting = xclient_->greetingForClient();
-    xclient_.reset();
-    if (loginMode()) {
-      startReplay(true);
-      return;
-    }
-    if (becomeReady()) {
-      relayFromBackend(greeting);
-    }
-    return;
-  }
-  }
-}
-
-// SPEC §5: backend STARTTLS fails closed. Anything but a clean go-ahead makes this a failed
-// backend (retried elsewhere), never a plaintext session.
-void Session::upgradeBackend(std::span<const char> data) {
-  using Step = protocol::BackendStartTls::Step;
-  using Failure = protocol::BackendStartTls::Failure;
-  protocol::BackendStartTls::Result result = backendUpgrade_->fromBackend(data);
-  switch (result.step) {
-  case Step::NeedMore:
-  case Step::Ready:
-    return;
-  case Step::Send:
-    if (backend_->write(result.toBackend) != 0) {
-      backendFailed(metrics::BackendError::Closed, "write failed");
-    }
-    return;
-  case Step::StartTls: {
-    startBackendTls();
-    return;
-  }
-  case Step::Failed:
-    if (result.failure == Failure::Greeting) {
-      backendFailed(metrics::BackendError::Greeting, result.reason);
-      return;
-    }
-    listener_.metrics.startTls(metrics::StartTlsSide::Backend,
-                               result.failure == Failure::Injection
-                                   ? metrics::StartTlsResult::InjectionRejected
-                                   : metrics::StartTlsResult::Refused);
-    backendFailed(metrics::BackendError::Tls, result.reason);
-    return;
-  }
 }
 
 void Session::onClientRead(std::span<const char> data) {
@@ -740,10 +616,7 @@ void Session::onClientError(int status) {
 
 void Session::onBackendError(int status) {
   if (phase_ == Phase::Connecting) {
-    if (status == net::kTlsFailure && backendUpgrade_ != nullptr) {
-      listener_.metrics.startTls(metrics::StartTlsSide::Backend,
-                                 metrics::StartTlsResult::HandshakeFailed);
-    }
+    // (During a login replay; the connector reports its own failures.)
     if (status == net::kTlsFailure) {
       backendFailed(metrics::BackendError::Tls,
                     backendTls_ != nullptr ? backendTls_->error() : "TLS failure");

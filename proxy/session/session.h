@@ -4,6 +4,7 @@
 
 #include "config/model.h"
 #include "metrics/metrics.h"
+#include "proxy/backend/connector.h"
 #include "proxy/backend/pool.h"
 #include "proxy/net/byte_stream.h"
 #include "proxy/net/tcp_stream.h"
@@ -86,15 +87,21 @@ private:
     void onError(int status) override { session.onClientError(status); }
     void onDrained() override { session.onClientDrained(); }
   };
-  struct BackendSide final : net::StreamHandler {
+  struct BackendSide final : net::StreamHandler, backend::Connector::Handler {
     Session& session;
     explicit BackendSide(Session& s) : session(s) {}
-    void onConnected(int status) override { session.onBackendConnected(status); }
-    void onSecured() override { session.onBackendSecured(); }
+    void onConnected(int) override {}
+    void onSecured() override {}
     void onRead(std::span<const char> data) override { session.onBackendRead(data); }
     void onEnd() override { session.onBackendEnd(); }
     void onError(int status) override { session.onBackendError(status); }
     void onDrained() override { session.onBackendDrained(); }
+    void onBackendReady(backend::Connector::Ready ready) override {
+      session.onBackendReady(std::move(ready));
+    }
+    void onBackendFailed(const backend::Connector::Failure& failure) override {
+      session.onBackendFailed(failure);
+    }
   };
 
   // The connection is a session now: counted, then TLS or the backend.
@@ -110,8 +117,9 @@ private:
   void onClientEnd();
   void onClientError(int status);
   void onClientDrained();
-  void onBackendConnected(int status);
-  void onBackendSecured();
+  // The connector reached the server (PROXY header, TLS, STARTTLS, XCLIENT done) or failed.
+  void onBackendReady(backend::Connector::Ready ready);
+  void onBackendFailed(const backend::Connector::Failure& failure);
   void onBackendRead(std::span<const char> data);
   void onBackendEnd();
   void onBackendError(int status);
@@ -126,11 +134,7 @@ private:
   // The backend greeted (or finished its STARTTLS): the session relays from now on. False when
   // the session ended meanwhile.
   bool becomeReady();
-  void startBackendTls();
   void relayFromBackend(std::span<const char> data);
-  // One step of backend-side STARTTLS.
-  void upgradeBackend(std::span<const char> data);
-  void xclientStep(const protocol::BackendStartTls::Result& result);
   std::string xclientCommandForClient() const;
   // Carries out what the protocol filter decided.
   void apply(protocol::Output& out);
@@ -164,16 +168,14 @@ private:
   BackendSide backendSide_{*this};
   net::ByteStream* client_ = nullptr;
   net::ByteStream* backend_ = nullptr;
-  net::TcpStream* clientTcp_ = nullptr;  // the TCP under client_ (STARTTLS wraps it)
-  net::TcpStream* backendTcp_ = nullptr; // the TCP under backend_, until it is connected
+  net::TcpStream* clientTcp_ = nullptr; // the TCP under client_ (STARTTLS wraps it)
+  // Connects the chosen server (PROXY header, TLS, STARTTLS, XCLIENT, greeting); null once
+  // backend_ is ready.
+  std::unique_ptr<backend::Connector> connector_;
   // Reads the dialogue until nothing is left to rewrite; null once the session only relays.
   std::unique_ptr<protocol::Filter> filter_;
   protocol::Output output_;
   bool clientUpgrading_ = false; // STARTTLS handshake under way
-  // Backend-side STARTTLS dialogue, until the backend's TLS handshake finishes.
-  std::unique_ptr<protocol::BackendStartTls> backendUpgrade_;
-  // SMTP XCLIENT dialogue (smtp_xclient pools), before the greeting is relayed.
-  std::unique_ptr<protocol::SmtpXclient> xclient_;
   std::uint64_t upgradeStartedAt_ = 0;
   const tls::Engine* clientTls_ = nullptr; // for the access log; owned by the client stream
   const tls::Engine* backendTls_ = nullptr;
