@@ -111,18 +111,6 @@ CertificateInfo describe(X509* certificate, EVP_PKEY* key) {
 
 } // namespace
 
-const char* alpnId(config::Protocol protocol) {
-  switch (protocol) {
-  case config::Protocol::Imap:
-    return "imap";
-  case config::Protocol::Pop3:
-    return "pop3";
-  case config::Protocol::Smtp:
-    return "smtp";
-  }
-  return "";
-}
-
 // --- session tickets -----------------------------------------------------------------------
 
 class TicketKeys {
@@ -420,10 +408,10 @@ ServerContext::create(const config::Tls& config, std::shared_ptr<TicketKeys> tic
 
 ServerContext::~ServerContext() = default;
 
-SSL* ServerContext::newSsl(config::Protocol protocol) {
+SSL* ServerContext::newSsl(const char* alpn) {
   SSL* ssl = SSL_new(impl_->identities.front().ctx);
   if (ssl != nullptr) {
-    SSL_set_app_data(ssl, const_cast<char*>(alpnId(protocol)));
+    SSL_set_app_data(ssl, const_cast<char*>(alpn));
   }
   return ssl;
 }

@@ -37,9 +37,9 @@ public:
   ServerContext(const ServerContext&) = delete;
   ServerContext& operator=(const ServerContext&) = delete;
 
-  // A new server-side SSL for a listener speaking `protocol` (its ALPN id must be offered
-  // whenever the client offers ALPN at all).
-  SSL* newSsl(config::Protocol protocol);
+  // A new server-side SSL for a listener whose protocol has the ALPN id `alpn` (a static string,
+  // from the protocol table): it must be offered whenever the client offers ALPN at all.
+  SSL* newSsl(const char* alpn);
   const std::vector<CertificateInfo>& certificates() const { return certificates_; }
 
   struct Impl;
@@ -72,8 +72,5 @@ private:
   SSL_CTX* ctx_ = nullptr;
   bool verify_ = true;
 };
-
-// The ALPN protocol id of a mail protocol ("imap", "pop3", "smtp"; RFC 7301 registry).
-const char* alpnId(config::Protocol protocol);
 
 } // namespace tls

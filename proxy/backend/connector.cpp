@@ -81,7 +81,7 @@ void Connector::startTlsHandshake() {
 void Connector::onSecured() { afterSecured(); }
 
 void Connector::afterSecured() {
-  if (!spec_.xclient.empty() && spec_.protocol == config::Protocol::Smtp) {
+  if (!spec_.xclient.empty() && protocol::info(spec_.protocol).hasXclient) {
     startXclient(upgraded_ ? plaintextGreeting_ : std::string());
     return;
   }

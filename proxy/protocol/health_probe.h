@@ -8,9 +8,28 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace protocol {
+
+// One protocol's side of the polite check, as its folder defines it (imap_probe.cpp, ...).
+enum class ProbeLine { More, Done, Failed };
+struct ProbeScript {
+  // The command that asks for capabilities (SMTP's EHLO names postern).
+  std::string (*askCapabilities)(std::string_view hostname);
+  // Whether a greeting line is followed by more (SMTP "220-").
+  bool (*greetingGoesOn)(std::string_view text);
+  // One line of the answer (CRLF removed); the capabilities it carries go to `capabilities`.
+  ProbeLine (*capabilityLine)(std::string_view text, std::vector<std::string>& capabilities);
+  const char* goodbye;
+  // Whether a line answers the goodbye (IMAP: the tagged reply, not the untagged BYE).
+  bool (*goodbyeAnswered)(std::string_view text);
+};
+
+const ProbeScript& imapProbe();
+const ProbeScript& pop3Probe();
+const ProbeScript& smtpProbe();
 
 class HealthProbe {
 public:
@@ -36,6 +55,7 @@ private:
   Result fail(std::string reason);
 
   config::Protocol protocol_;
+  const ProbeScript& script_;
   std::string hostname_;
   State state_;
   LineReader reader_{8192};

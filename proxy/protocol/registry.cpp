@@ -19,20 +19,33 @@ std::string& hostnameStorage() {
   return name;
 }
 
+bool startsLike(std::string_view text, std::string_view prefix) {
+  std::size_t n = std::min(prefix.size(), text.size());
+  return text.substr(0, n) == prefix.substr(0, n);
+}
+bool imapGreeting(std::string_view text) {
+  return startsLike(text, "* OK") || startsLike(text, "* PREAUTH");
+}
+bool pop3Greeting(std::string_view text) { return startsLike(text, "+OK"); }
+bool smtpGreeting(std::string_view text) { return startsLike(text, "220"); }
+
 // RFC 5530 (IMAP response codes), RFC 3206 (POP3 SYS/TEMP), RFC 3463 (SMTP enhanced codes).
 std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
-      {config::Protocol::Pop3, "pop3", makePop3Filter, pop3Backend, makePop3Login, makePop3Replay,
+      {config::Protocol::Pop3, "pop3", 110, 995, "pop3", pop3Greeting, &pop3Probe(), false, nullptr,
+       false, makePop3Filter, pop3Backend, makePop3Login, makePop3Replay,
        "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
        "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
        "-ERR [SYS/TEMP] Server shutting down\r\n", "-ERR Timed out waiting for authentication\r\n"},
-      {config::Protocol::Imap, "imap", makeImapFilter, imapBackend, makeImapLogin, makeImapReplay,
+      {config::Protocol::Imap, "imap", 143, 993, "imap", imapGreeting, &imapProbe(), false, nullptr,
+       false, makeImapFilter, imapBackend, makeImapLogin, makeImapReplay,
        "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
        "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
        "* BYE [UNAVAILABLE] Server shutting down\r\n",
        "* BYE Autologout; timed out waiting for authentication\r\n"},
-      {config::Protocol::Smtp, "smtp", makeSmtpFilter, makeSmtpBackendStartTls, makeSmtpLogin,
+      {config::Protocol::Smtp, "smtp", 25, 465, "smtp", smtpGreeting, &smtpProbe(), true,
+       makeSmtpFilterAfterLogin, true, makeSmtpFilter, makeSmtpBackendStartTls, makeSmtpLogin,
        makeSmtpReplay,
        "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
        "421 4.7.0 " + host + " Too many connections, try again later\r\n",
@@ -49,19 +62,7 @@ std::array<ProtocolInfo, 3>& table() {
 } // namespace
 
 bool greetingIsReady(config::Protocol protocol, std::string_view text) {
-  auto starts = [&](std::string_view prefix) {
-    std::size_t n = std::min(prefix.size(), text.size());
-    return text.substr(0, n) == prefix.substr(0, n);
-  };
-  switch (protocol) {
-  case config::Protocol::Imap:
-    return starts("* OK") || starts("* PREAUTH");
-  case config::Protocol::Pop3:
-    return starts("+OK");
-  case config::Protocol::Smtp:
-    return starts("220");
-  }
-  return false;
+  return info(protocol).greetingIsReady(text);
 }
 
 const char* mechanismLabel(std::string_view name) {

@@ -4,17 +4,36 @@
 #include "config/model.h"
 #include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
+#include "proxy/protocol/health_probe.h"
 #include "proxy/protocol/login/login.h"
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 
 namespace protocol {
 
+// One row per protocol: what the rest of postern needs to know of it. A new protocol is its
+// folder under proxy/protocol/ and one row here (SPEC §12).
 struct ProtocolInfo {
   config::Protocol protocol;
-  const char* name;
+  const char* name; // the config's `protocol` value and the metrics label
+  // The standard ports: plaintext (with STARTTLS) and implicit TLS (0: none is standard).
+  std::uint16_t plaintextPort;
+  std::uint16_t implicitTlsPort;
+  // The ALPN id (IANA registry) a ClientHello must offer if it offers any (ALPACA defence).
+  const char* alpn;
+  // Whether a server's first bytes start like its ready greeting (a prefix of one counts).
+  bool (*greetingIsReady)(std::string_view firstBytes);
+  // The polite health check (SPEC §7).
+  const ProbeScript* probe;
+  // SMTP-like: the pre-authentication limits end at TLS too (relay sessions never log in),
+  // the session stays parsed after authentication (makeFilterAfterLogin), and XCLIENT can tell
+  // the server who the client is (smtp_xclient).
+  bool preauthEndsAtTls;
+  std::unique_ptr<Filter> (*makeFilterAfterLogin)(const Policy& policy); // null: relay only
+  bool hasXclient;
   std::unique_ptr<Filter> (*makeFilter)(const Policy& policy);
   std::unique_ptr<BackendStartTls> (*makeBackendStartTls)(std::string_view hostname);
   // Login mode: postern's side of the dialogue, and the replay at the chosen server.

@@ -159,7 +159,7 @@ void Session::readProxyHeader(std::span<const char> data) {
 void Session::startTls(net::TcpStream* tcp) {
   phase_ = Phase::Handshaking;
   tlsContext_ = *listener_.tls;
-  SSL* ssl = tlsContext_->newSsl(listener_.config.protocol);
+  SSL* ssl = tlsContext_->newSsl(listener_.protocol->alpn);
   if (ssl == nullptr) {
     handshakeFailed("cannot create a TLS connection");
     return;
@@ -181,7 +181,7 @@ void Session::onClientSecured() {
         tlsVersion_, static_cast<double>(timer_->now() - upgradeStartedAt_) / 1000.0,
         clientTls_->resumed());
     listener_.metrics.startTls(metrics::StartTlsSide::Client, metrics::StartTlsResult::Ok);
-    if (listener_.config.protocol == config::Protocol::Smtp) {
+    if (listener_.protocol->preauthEndsAtTls) {
       preauthOver(); // SMTP relay sessions: the limit runs until TLS (SPEC §3)
     }
     if (filter_ != nullptr) {
@@ -202,7 +202,7 @@ void Session::onClientSecured() {
   tlsCipher_ = clientTls_->cipher();
   listener_.metrics.tlsHandshakeOk(
       tlsVersion_, static_cast<double>(timer_->now() - startedAt_) / 1000.0, clientTls_->resumed());
-  if (listener_.config.protocol == config::Protocol::Smtp) {
+  if (listener_.protocol->preauthEndsAtTls) {
     preauthDone_ = true;
   }
   if (loginMode()) {
@@ -257,7 +257,7 @@ void Session::connectBackend() {
   spec.proxyProtocol = pool.send_proxy_protocol;
   spec.client = clientPeer_;
   spec.local = clientLocal_;
-  if (listener_.config.protocol == config::Protocol::Smtp && pool.smtp_xclient) {
+  if (listener_.protocol->hasXclient && pool.smtp_xclient) {
     spec.xclient = xclientCommandForClient();
   }
   connector_ = std::make_unique<backend::Connector>(
@@ -319,8 +319,8 @@ void Session::onBackendReady(backend::Connector::Ready ready) {
   if (ready.startTls) {
     listener_.metrics.startTls(metrics::StartTlsSide::Backend, metrics::StartTlsResult::Ok);
   }
-  if (listener_.config.protocol == config::Protocol::Smtp &&
-      listener_.pool->config().smtp_xclient && !ready.xclientForwarded) {
+  if (listener_.protocol->hasXclient && listener_.pool->config().smtp_xclient &&
+      !ready.xclientForwarded) {
     logging::info("XCLIENT not used", {{"listener", listener_.config.name},
                                        {"server", server_ != nullptr ? server_->name : "-"},
                                        {"reason", "not offered or refused by the server"}});
@@ -504,7 +504,7 @@ void Session::apply(protocol::Output& out) {
 // client reads it in plaintext before its handshake starts.
 void Session::upgradeClient() {
   tlsContext_ = *listener_.tls;
-  SSL* ssl = tlsContext_->newSsl(listener_.config.protocol);
+  SSL* ssl = tlsContext_->newSsl(listener_.protocol->alpn);
   if (ssl == nullptr) {
     close(metrics::CloseReason::TlsError);
     return;
@@ -935,14 +935,14 @@ void Session::loginAccepted(std::string verdict) {
     close(metrics::CloseReason::ClientClosed);
     return;
   }
-  if (listener_.config.protocol == config::Protocol::Smtp) {
+  if (listener_.protocol->makeFilterAfterLogin != nullptr) {
     // SMTP stays parsed after authentication, as in passthrough: XCLIENT/XFORWARD from a
     // client must never reach a server that trusts postern.
     protocol::Policy policy = listenerPolicy();
     // With TLS the filter treats the session as TLS; without, STARTTLS is no longer postern's
     // to answer (nor to offer) once the session is authenticated.
     policy.listenerTls = clientTls_ != nullptr ? config::TlsMode::Implicit : config::TlsMode::None;
-    filter_ = protocol::makeSmtpFilterAfterLogin(policy);
+    filter_ = listener_.protocol->makeFilterAfterLogin(policy);
   }
   if (!becomeReady()) {
     return;

@@ -1176,6 +1176,10 @@ class AddressClaims(unittest.TestCase):
         self.assertTrue(harness.wait_until(lambda: re.search(
             rf"ID sent: name={sanity}.*rip=192\.0\.2\.97", dovecot_log())),
             "Dovecot believes ID claims from loopback, so a relayed one would show")
+        # Its disconnect is logged a moment later; wait for it so it cannot land in the part of
+        # the log read below.
+        self.assertTrue(harness.wait_until(lambda: re.search(
+            r"Disconnected[^\n]*rip=192\.0\.2\.97", dovecot_log())))
 
         marker = f"diff{uuid.uuid4().hex[:8]}"
         spoof = "192.0.2.77"

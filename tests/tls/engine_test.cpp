@@ -87,7 +87,7 @@ std::filesystem::path EngineTest::dir_;
 
 TEST_F(EngineTest, HandshakeAndDataInEveryChunkSize) {
   for (std::size_t chunk : {1u, 2u, 5u, 7u, 100u, 1500u, 100000u}) {
-    auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+    auto server = Engine::server(serverContext_->newSsl("imap"));
     auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
     std::string toServer;
     std::string toClient;
@@ -116,7 +116,7 @@ TEST_F(EngineTest, HandshakeAndDataInEveryChunkSize) {
 }
 
 TEST_F(EngineTest, SinkThatStopsKeepsTheRestForResume) {
-  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Pop3));
+  auto server = Engine::server(serverContext_->newSsl("pop3"));
   auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
   std::string toServer;
   std::string toClient;
@@ -143,7 +143,7 @@ TEST_F(EngineTest, SinkThatStopsKeepsTheRestForResume) {
 }
 
 TEST_F(EngineTest, CloseNotifyEndsTheStream) {
-  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Smtp));
+  auto server = Engine::server(serverContext_->newSsl("smtp"));
   auto client = Engine::client(clientContext_->newSsl("mail.example.test"));
   std::string toServer;
   std::string toClient;
@@ -156,7 +156,7 @@ TEST_F(EngineTest, CloseNotifyEndsTheStream) {
 }
 
 TEST_F(EngineTest, PlaintextOnATlsPortFails) {
-  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+  auto server = Engine::server(serverContext_->newSsl("imap"));
   std::string out;
   Collect sink;
   EXPECT_EQ(server->receive(std::string_view("a1 CAPABILITY\r\n"), out, sink),
@@ -167,7 +167,7 @@ TEST_F(EngineTest, PlaintextOnATlsPortFails) {
 }
 
 TEST_F(EngineTest, WrongServerNameFailsVerification) {
-  auto server = Engine::server(serverContext_->newSsl(config::Protocol::Imap));
+  auto server = Engine::server(serverContext_->newSsl("imap"));
   auto client = Engine::client(clientContext_->newSsl("other.example.test"));
   std::string toServer;
   std::string toClient;
@@ -178,12 +178,6 @@ TEST_F(EngineTest, WrongServerNameFailsVerification) {
   EXPECT_EQ(client->state(), Engine::State::Failed);
   EXPECT_NE(client->error().find("certificate verify failed"), std::string::npos)
       << client->error();
-}
-
-TEST(AlpnIds, FollowTheIanaRegistry) {
-  EXPECT_STREQ(alpnId(config::Protocol::Imap), "imap");
-  EXPECT_STREQ(alpnId(config::Protocol::Pop3), "pop3");
-  EXPECT_STREQ(alpnId(config::Protocol::Smtp), "smtp");
 }
 
 } // namespace

@@ -61,6 +61,33 @@ TEST(HealthProbe, Failures) {
 namespace protocol {
 namespace {
 
+// The protocol table: one row per protocol, with the facts the rest of postern asks for.
+TEST(ProtocolTable, RowsCarryNamesPortsAlpnAndBehaviour) {
+  struct Expected {
+    config::Protocol protocol;
+    const char* name;
+    std::uint16_t plaintext;
+    std::uint16_t implicit;
+  };
+  for (const Expected& row : {Expected{config::Protocol::Imap, "imap", 143, 993},
+                              Expected{config::Protocol::Pop3, "pop3", 110, 995},
+                              Expected{config::Protocol::Smtp, "smtp", 25, 465}}) {
+    const ProtocolInfo& p = info(row.protocol);
+    EXPECT_EQ(p.protocol, row.protocol);
+    EXPECT_STREQ(p.name, row.name);
+    EXPECT_STREQ(p.alpn, row.name); // RFC 7301 registry: "imap", "pop3", "smtp"
+    EXPECT_EQ(p.plaintextPort, row.plaintext);
+    EXPECT_EQ(p.implicitTlsPort, row.implicit);
+    EXPECT_NE(p.probe, nullptr);
+    EXPECT_NE(p.makeFilter, nullptr);
+    EXPECT_NE(p.makeLogin, nullptr);
+    // Only SMTP stays parsed after authentication and speaks XCLIENT.
+    EXPECT_EQ(p.makeFilterAfterLogin != nullptr, row.protocol == config::Protocol::Smtp);
+    EXPECT_EQ(p.hasXclient, row.protocol == config::Protocol::Smtp);
+    EXPECT_EQ(p.preauthEndsAtTls, row.protocol == config::Protocol::Smtp);
+  }
+}
+
 TEST(GreetingIsReady, AcceptsReadyGreetingsAndTheirPrefixes) {
   EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* OK ready\r\n"));
   EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* PREAUTH hi\r\n"));
