@@ -8,6 +8,7 @@
 
 #include <deque>
 #include <optional>
+#include <unordered_set>
 
 namespace protocol {
 
@@ -77,6 +78,15 @@ private:
   void processClient(Output& out) {
     while (!relay_ && !out.close && !out.startTls && deferredStartTls_.empty()) {
       if (awaitingContinuation_ && !client_.empty()) {
+        if (literalMadeSynchronising_) {
+          // The client sent a {n+} literal, which went on as {n}: its bytes wait here for the
+          // server's "+", bounded like one line (SPEC §5.1).
+          if (client_.pending().size() > policy_.maxLineLength) {
+            out.toClient += "* BYE Line too long\r\n";
+            out.close = true;
+          }
+          break;
+        }
         // A synchronising literal is sent only after the server's "+": the server may refuse
         // the command instead, and then these bytes would be commands postern never checked.
         out.toClient += "* BYE Literal data sent before the server's continuation\r\n";
@@ -175,20 +185,37 @@ private:
       return;
     }
     if (!dropping_) {
-      out.toBackend += line;
+      out.toBackend += asSentToServer(line);
     }
     afterCommandLine(line);
+  }
+
+  // Before authentication a non-synchronising literal {n+} goes to the server as {n}, and its
+  // bytes only after the server's "+". A server that cannot parse the line (an unclosed quote,
+  // a tag it does not take, an over-long line) answers BAD and skips to the end of that line
+  // only: the literal's bytes would then run there as commands postern never read as such.
+  std::string asSentToServer(std::string_view line) const {
+    imap::Literal literal = imap::literalAtEnd(chomp(line));
+    if (authenticated_ || literal.kind != imap::Literal::Kind::Announced || literal.synchronising) {
+      return std::string(line);
+    }
+    std::string_view text = chomp(line);
+    std::string sent(text.substr(0, text.size() - 2)); // without "+}"
+    sent += "}";
+    sent += line.substr(text.size());
+    return sent;
   }
 
   // Literal bookkeeping after a (part of a) command line that was forwarded or dropped.
   void afterCommandLine(std::string_view line) {
     imap::Literal literal = imap::literalAtEnd(chomp(line));
     if (literal.kind == imap::Literal::Kind::Announced) {
-      if (!dropping_ && literal.synchronising) {
+      if (!dropping_ && (literal.synchronising || !authenticated_)) {
         // Counted only once the backend says "+"; a tagged reply instead ends the command.
         continuing_ = true;
         awaitingContinuation_ = true;
         awaitedLiteral_ = literal.size;
+        literalMadeSynchronising_ = !literal.synchronising;
         return;
       }
       continuing_ = true;
@@ -225,8 +252,15 @@ private:
     if (!admitLiteral(line, out)) {
       return false;
     }
-    out.toBackend += line;
+    if (outstanding_.contains(std::string(tag))) {
+      // Waits (a literal's "+", a SASL exchange) end with their command's tagged answer; with
+      // two commands under one tag, the first answer would end the second one's wait early.
+      refuse(line, std::string(tag) + " BAD Tag already in use\r\n", out);
+      return false;
+    }
+    out.toBackend += asSentToServer(line);
     pending_.push_back({std::string(tag), kind});
+    outstanding_.insert(std::string(tag));
     afterCommandLine(line);
     return true;
   }
@@ -259,6 +293,13 @@ private:
         out.events.push_back(
             {Event::AuthRefusedPlaintext,
              mechanismLabel(equalsNoCase(verb, "LOGIN") ? verb : splitWord(arguments).first)});
+        return;
+      }
+      if (equalsNoCase(verb, "AUTHENTICATE") &&
+          imap::literalAtEnd(chomp(line)).kind != imap::Literal::Kind::None) {
+        // Dovecot reads the rest of an AUTHENTICATE line as the initial response, never as a
+        // literal: the literal's bytes would be commands there.
+        refuse(line, std::string(tag) + " BAD AUTHENTICATE takes no literal\r\n", out);
         return;
       }
       if (forward(tag, line, Kind::Auth, out) && equalsNoCase(verb, "AUTHENTICATE")) {
@@ -329,7 +370,23 @@ private:
       greeting(line, out);
       return;
     }
-    out.toClient += rewriteCapabilities(line);
+    std::optional<imap::Status> status = imap::parseStatus(line);
+    // A tagged OK to a login: what it says of capabilities is the authenticated session's.
+    bool loggingIn = false;
+    if (status && status->tag != "*" && equalsNoCase(status->status, "OK")) {
+      auto it = findPending(status->tag);
+      loggingIn = it != pending_.end() && it->kind == Kind::Auth;
+    }
+    if (line.starts_with("+") && awaitingContinuation_ && saslTag_.empty() &&
+        literalMadeSynchronising_) {
+      // The "+" postern asked for on the client's behalf: not the client's to see.
+      awaitingContinuation_ = false;
+      literalMadeSynchronising_ = false;
+      clientLiteral_ = awaitedLiteral_;
+      resumeClient_ = true;
+      return;
+    }
+    out.toClient += rewriteCapabilities(line, loggingIn);
     imap::Literal literal = imap::literalAtEnd(chomp(line));
     if (literal.kind == imap::Literal::Kind::Announced) {
       backendLiteral_ = literal.size;
@@ -348,17 +405,24 @@ private:
       }
       return;
     }
-    std::optional<imap::Status> status = imap::parseStatus(line);
     if (!status) {
       return;
     }
     if (awaitingContinuation_ && status->tag == commandTag_) {
-      awaitingContinuation_ = false; // refused instead of "+": the literal never comes
-      continuing_ = false;
+      // Refused instead of "+": a synchronising literal never comes; one the client sent
+      // without waiting ({n+}, sent on as {n}) comes, and is dropped with the rest of its
+      // command.
+      awaitingContinuation_ = false;
+      continuing_ = literalMadeSynchronising_;
+      dropping_ = literalMadeSynchronising_;
+      clientLiteral_ = literalMadeSynchronising_ ? awaitedLiteral_ : 0;
+      literalMadeSynchronising_ = false;
+      resumeClient_ = true;
     }
     auto it = findPending(status->tag);
     if (it != pending_.end()) {
       Kind kind = it->kind;
+      outstanding_.erase(it->tag);
       pending_.erase(it);
       if (status->tag == saslTag_) {
         saslTag_.clear();
@@ -403,7 +467,7 @@ private:
     std::string text = withoutResponseCodes(status->text);
     std::string rewritten = "* " + std::string(status->status);
     if (std::optional<std::vector<std::string>> atoms = imap::capabilities(line)) {
-      rewritten += " [CAPABILITY " + capabilityList(*atoms) + "]";
+      rewritten += " [CAPABILITY " + capabilityList(*atoms, false) + "]";
     }
     if (!text.empty()) {
       rewritten += " " + text;
@@ -413,9 +477,13 @@ private:
 
   // SPEC §5: the capability list as this listener offers it. STARTTLS and LOGINDISABLED are
   // postern's to say on a TLS-terminating listener; AUTH= goes where login may not happen yet.
-  std::string capabilityList(const std::vector<std::string>& atoms) const {
+  // `loggedIn`: the list a login's tagged OK carries (the authenticated session's).
+  std::string capabilityList(const std::vector<std::string>& atoms, bool loggedIn) const {
     bool terminating = policy_.listenerTls != config::TlsMode::None;
     bool hideAuth = !policy_.allowAuth || (policy_.requireTls && !tls_);
+    // Before authentication postern sends client literals on as synchronising ones (see
+    // asSentToServer), so it does not offer the non-synchronising kind (RFC 7888) there.
+    bool hideLiteralPlus = !authenticated_ && !loggedIn;
     std::string list;
     auto add = [&](std::string_view atom) {
       if (!list.empty()) {
@@ -428,6 +496,9 @@ private:
         continue;
       }
       if (hideAuth && (startsWithNoCase(atom, "AUTH=") || equalsNoCase(atom, "LOGINDISABLED"))) {
+        continue;
+      }
+      if (hideLiteralPlus && (equalsNoCase(atom, "LITERAL+") || equalsNoCase(atom, "LITERAL-"))) {
         continue;
       }
       add(atom);
@@ -443,18 +514,19 @@ private:
 
   // A capability list wherever the IMAP syntax says one stands ("* CAPABILITY ...", or a
   // status response's "[CAPABILITY ...]" code), rewritten; every other line as it is.
-  std::string rewriteCapabilities(std::string_view line) const {
+  std::string rewriteCapabilities(std::string_view line, bool loggedIn) const {
     std::string_view text = chomp(line);
     std::optional<imap::Span> span = imap::capabilitySpan(text);
     std::optional<std::vector<std::string>> atoms = imap::capabilities(text);
     if (!span || !atoms) {
       return std::string(line);
     }
-    return std::string(text.substr(0, span->start)) + capabilityList(*atoms) +
+    return std::string(text.substr(0, span->start)) + capabilityList(*atoms, loggedIn) +
            std::string(text.substr(span->end)) + "\r\n";
   }
 
   std::deque<Pending> pending_;
+  std::unordered_set<std::string> outstanding_; // the tags in pending_, each at most once
   static constexpr std::size_t kMaxPending = 1000;
   ByteBudget budget_; // the current command's bytes, literals included
   std::string saslTag_;
@@ -465,6 +537,7 @@ private:
   std::size_t clientLiteral_ = 0;
   std::size_t awaitedLiteral_ = 0;
   bool awaitingContinuation_ = false;
+  bool literalMadeSynchronising_ = false; // the awaited literal was {n+} from the client
   std::string commandTag_;
   std::size_t backendLiteral_ = 0;
   bool continuing_ = false;

@@ -7,13 +7,15 @@
 namespace protocol::imap {
 
 bool validTag(std::string_view tag) {
-  if (tag.empty()) {
+  if (tag.empty() || tag.size() > kMaxTag) {
     return false;
   }
   for (char c : tag) {
     auto byte = static_cast<unsigned char>(c);
+    // "]" is an ASTRING-CHAR the RFC allows in tags, but Dovecot's parser does not take it:
+    // refused, so that no tag reads one way here and another there.
     if (byte <= 0x20 || byte >= 0x7f ||
-        std::string_view("(){%*\"\\+").find(c) != std::string_view::npos) {
+        std::string_view("(){%*\"\\+]").find(c) != std::string_view::npos) {
       return false;
     }
   }

@@ -15,7 +15,10 @@
 namespace protocol::imap {
 
 // RFC 9051 §9: a tag is ASTRING-CHARs except "+" (so never "*" or "+", which would read as an
-// untagged or continuation line when the server's answer comes back).
+// untagged or continuation line when the server's answer comes back), and here neither "]"
+// nor longer than kMaxTag: what every server behind postern takes (Dovecot allows at most
+// 100 bytes), and a bound on what 1,000 pipelined commands keep in memory.
+inline constexpr std::size_t kMaxTag = 64;
 bool validTag(std::string_view tag);
 
 // "tag SP command-name [SP arguments]", one SP each as the grammar says.

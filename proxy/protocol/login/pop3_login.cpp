@@ -71,12 +71,12 @@ private:
   }
 
   void line(std::string_view raw, LoginOutput& out) override {
-    std::optional<Command> parsed = pop3::parseCommand(raw);
+    pop3::ParsedCommand parsed = pop3::parseCommand(raw);
     if (!parsed) {
-      out.toClient += pop3::kInvalidCharacters; // SPEC §5.1
+      out.toClient += parsed.reply(); // SPEC §5.1
       return;
     }
-    auto [verb, arguments] = *parsed;
+    auto [verb, arguments] = *parsed.command;
     if (pop3::isAddressClaim(verb)) {
       out.toClient += pop3::kNotPermitted; // SPEC §5.1, as in passthrough
       return;
@@ -112,12 +112,8 @@ private:
       credentials.mechanism = "user";
       credentials.user = std::move(user_);
       user_.clear();
-      // RFC 1939: the password is the rest of the line, spaces included.
-      std::string_view text = chomp(raw);
-      std::size_t start = text.find_first_not_of(" \t");
-      start = text.find_first_of(" \t", start);
-      credentials.secret =
-          start == std::string_view::npos ? std::string() : std::string(text.substr(start + 1));
+      // RFC 1939: the password is the rest of the line after "PASS ", spaces included.
+      credentials.secret = std::string(arguments);
       captured(std::move(credentials), out);
     } else if (equalsNoCase(verb, "AUTH")) {
       authenticate(arguments, out);

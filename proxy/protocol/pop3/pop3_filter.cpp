@@ -135,12 +135,12 @@ private:
   }
 
   void command(std::string_view line, Output& out) {
-    std::optional<Command> parsed = pop3::parseCommand(line);
+    pop3::ParsedCommand parsed = pop3::parseCommand(line);
     if (!parsed) {
-      local(std::string(pop3::kInvalidCharacters), out); // SPEC §5.1
+      local(std::string(parsed.reply()), out); // SPEC §5.1
       return;
     }
-    auto [verb, arguments] = *parsed;
+    auto [verb, arguments] = *parsed.command;
     if (pop3::isAddressClaim(verb)) {
       // SPEC §5.1: Dovecot believes XCLIENT from a trusted address, and postern is one.
       local(std::string(pop3::kNotPermitted), out);
@@ -181,7 +181,7 @@ private:
     bool multi = pop3::isMultiLine(verb, arguments);
     if (equalsNoCase(verb, "CAPA")) {
       forward(line, Kind::Capa, true, out);
-    } else if (equalsNoCase(verb, "AUTH") && !arguments.empty()) {
+    } else if (equalsNoCase(verb, "AUTH") && !multi) {
       forward(line, Kind::Auth, false, out);
       sasl_ = true;
     } else if (equalsNoCase(verb, "PASS") || equalsNoCase(verb, "APOP")) {

@@ -4,8 +4,11 @@
 namespace protocol::pop3 {
 
 bool isMultiLine(std::string_view verb, std::string_view arguments) {
-  if (equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL") || equalsNoCase(verb, "AUTH")) {
+  if (equalsNoCase(verb, "LIST") || equalsNoCase(verb, "UIDL")) {
     return arguments.empty();
+  }
+  if (equalsNoCase(verb, "AUTH")) {
+    return firstArgument(arguments).empty(); // no mechanism: the list
   }
   return equalsNoCase(verb, "RETR") || equalsNoCase(verb, "TOP") || equalsNoCase(verb, "CAPA");
 }

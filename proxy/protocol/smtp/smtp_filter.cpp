@@ -268,8 +268,10 @@ private:
   }
 
   // The body after 354 goes through untouched until the lone "." line (CRLF.CRLF).
-  // A bare LF is refused (SMTP smuggling): a backend that took "\n.\n" for the end of the
-  // message would read the rest as commands while postern still took it for the message.
+  // A bare LF is refused (SMTP smuggling, CVE-2023-51764 class): a backend that took "\n.\n"
+  // for the end of the message would read the rest as commands while postern still took it
+  // for the message. A bare CR likewise (RFC 5321 §2.3.8): Postfix before 3.9 drops the CRs
+  // before an LF, so ".\r\r\n" ends its message, and what follows would run as commands.
   void forwardBody(Output& out) {
     static constexpr std::string_view kEnd = "\r\n.\r\n";
     std::string_view data = client_.pending();
@@ -279,6 +281,12 @@ private:
       if (c == '\n' && !bodyCr_) {
         out.toBackend += client_.takeRaw(i);
         out.toClient += "554 5.5.2 Error: bare <LF> received\r\n";
+        out.close = true;
+        return;
+      }
+      if (bodyCr_ && c != '\n') {
+        out.toBackend += client_.takeRaw(i);
+        out.toClient += "554 5.5.2 Error: bare <CR> received\r\n";
         out.close = true;
         return;
       }

@@ -511,8 +511,7 @@ TEST(SmtpLogin, AuthLoginAndErrors) {
   EXPECT_EQ(f.client("AUTH XOAUTH2 abcd\r\n").toClient,
             "504 5.5.4 Unsupported authentication mechanism\r\n");
   EXPECT_EQ(f.client("NOOP\r\n").toClient, "250 2.0.0 Ok\r\n");
-  EXPECT_EQ(f.client("XCLIENT ADDR=1.2.3.4\r\n").toClient,
-            "550 5.7.1 Error: not permitted\r\n");
+  EXPECT_EQ(f.client("XCLIENT ADDR=1.2.3.4\r\n").toClient, "550 5.7.1 Error: not permitted\r\n");
   EXPECT_EQ(f.throttled().toClient, "454 4.7.0 Too many failed logins, try again later\r\n");
   EXPECT_EQ(f.client("AUTH\r\n").toClient, "501 5.5.4 Syntax: AUTH mechanism\r\n");
   Said bye = f.client("QUIT\r\n");

@@ -118,10 +118,28 @@ TEST(Pop3Filter, ForwardedStlsIsPairedWithItsOwnReply) {
   EXPECT_TRUE(d.backend("+OK Begin TLS\r\n").relayOnly);
 }
 
-TEST(Pop3Filter, VerbsAreTokenisedLikeTheServerDoes) {
+// Servers split POP3 lines differently (Dovecot at the first SP only, others on runs of
+// spaces and tabs): what could read either way is refused, never relayed.
+TEST(Pop3Filter, LinesServersSplitDifferentlyAreRefused) {
   Driver d = greeted(starttlsPolicy());
-  EXPECT_TRUE(d.client(" USER alice\r\n").toBackend.empty());
-  EXPECT_TRUE(d.client("PASS\tsecret\r\n").toBackend.empty());
+  for (const char* line : {" USER alice\r\n", "PASS\tsecret\r\n", "USER  alice\r\n",
+                           "AUTH\tPLAIN\r\n", "AUTH \tPLAIN\r\n"}) {
+    testing::Transcript t = d.client(line);
+    EXPECT_TRUE(t.toBackend.empty()) << line;
+    EXPECT_EQ(t.toClient, "-ERR Syntax error in command\r\n") << line;
+  }
+}
+
+// Finding (review): "AUTH  PLAIN" names no mechanism to Dovecot, which answers with its
+// mechanism list; that "+OK" was taken for a successful login and the session went raw.
+TEST(Pop3Filter, AMechanismListIsNoLogin) {
+  Driver d = greeted(Policy{});
+  testing::Transcript list = d.client("AUTH\r\n");
+  EXPECT_EQ(list.toBackend, "AUTH\r\n");
+  testing::Transcript answer = d.backend("+OK\r\nPLAIN\r\n.\r\n");
+  EXPECT_FALSE(answer.relayOnly);
+  EXPECT_TRUE(answer.events.empty());
+  EXPECT_EQ(d.client("XOIP 10.9.8.6\r\n").toClient, "-ERR Command not permitted\r\n");
 }
 
 TEST(Pop3Filter, SplitAnywhereGivesTheSameResult) {
