@@ -46,6 +46,8 @@ public:
   const config::Backend& config() const { return config_; }
   metrics::BackendMetrics& metrics() { return metrics_; }
   std::size_t serverCount() const { return servers_.size(); }
+  // The servers by position (0 .. serverCount()-1), for reports and listings.
+  Server& serverAt(std::size_t index) { return *servers_[index]; }
 
   // The server for a new connection attempt, or nullptr when none is left to try. `key` is
   // the client address (source_hash) or user (user_hash). The chosen server counts the
