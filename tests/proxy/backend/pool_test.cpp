@@ -31,13 +31,14 @@ protected:
   }
 
   // A pool of the one scripted server, checked once (the next check is an hour away).
-  Pool& startPool(std::uint32_t rise, std::uint32_t fall) {
+  Pool& startPool(std::uint32_t rise, std::uint32_t fall,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
     config::Backend backend;
     backend.name = "pool";
     auto* address = reinterpret_cast<const sockaddr_in*>(&server_->address());
     backend.servers.push_back({"127.0.0.1", ntohs(address->sin_port)});
     backend.health.interval = std::chrono::hours(1);
-    backend.health.timeout = std::chrono::seconds(5);
+    backend.health.timeout = timeout;
     backend.health.rise = rise;
     backend.health.fall = fall;
     pool_ = std::make_unique<Pool>(backend, registry_);
@@ -103,6 +104,15 @@ TEST_F(PoolTest, ARefusingServerGoesDownAndComesBackAfterRise) {
   // And `fall` passive failures take it down again.
   pool.report(*server, false, false, "closed");
   EXPECT_EQ(pool.pick(none, ""), nullptr);
+}
+
+// A server that accepts and never greets: the check's timeout fails it (and closes the
+// connection it made; the loop still closes clean).
+TEST_F(PoolTest, ASilentServerFailsItsCheckByTimeout) {
+  server_ = std::make_unique<ScriptedServer>(&loop_, "", std::map<std::string, std::string>{});
+  Pool& pool = startPool(1, 1, std::chrono::milliseconds(100));
+  ASSERT_TRUE(runUntil([&] { return !pool.serverAt(0).up; })) << metrics();
+  EXPECT_EQ(pool.pick({}, ""), nullptr);
 }
 
 } // namespace
