@@ -1,8 +1,8 @@
 // Abuse control for login mode (SPEC §8): authentication failures counted per client address
-// (IPv6 by /64), per address+user and per user alone within a window; past a threshold each attempt waits a
-// doubling delay, and an address with too many failures is refused for a while. Failures only:
-// an attempt counts as a failure when it starts (so parallel attempts cannot all slip under the
-// threshold together) and is refunded when the server accepts it. Pure (the caller passes the
+// (IPv6 by /64), per address+user and per user alone within a window; past a threshold each attempt
+// waits a doubling delay, and an address with too many failures is refused for a while. Failures
+// only: an attempt counts as a failure when it starts (so parallel attempts cannot all slip under
+// the threshold together) and is refunded when the server accepts it. Pure (the caller passes the
 // clock) and thread-safe (workers share one per listener).
 #pragma once
 
