@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <span>
 #include <sstream>
 #include <utility>
 
@@ -172,6 +173,12 @@ public:
   template <typename Enum>
   bool choice(std::string_view key, Enum& out,
               std::initializer_list<std::pair<const char*, Enum>> choices) {
+    return choice(key, out, std::span<const std::pair<const char*, Enum>>(choices));
+  }
+
+  template <typename Enum>
+  bool choice(std::string_view key, Enum& out,
+              std::span<const std::pair<const char*, Enum>> choices) {
     std::string text;
     if (!string(key, text)) {
       return false;
@@ -403,7 +410,7 @@ void readListener(Loader& loader, const toml::table& table, const std::string& p
     reader.missing("protocol");
   }
   reader.choice("protocol", listener.protocol,
-                {{"pop3", Protocol::Pop3}, {"imap", Protocol::Imap}, {"smtp", Protocol::Smtp}});
+                std::span<const std::pair<const char*, Protocol>>(kProtocolNames));
   std::string listen;
   if (reader.string("listen", listen, true)) {
     if (auto address = parseSocketAddress(listen)) {

@@ -10,13 +10,10 @@
 namespace config {
 
 const char* toString(Protocol protocol) {
-  switch (protocol) {
-  case Protocol::Pop3:
-    return "pop3";
-  case Protocol::Imap:
-    return "imap";
-  case Protocol::Smtp:
-    return "smtp";
+  for (const auto& [name, value] : kProtocolNames) {
+    if (value == protocol) {
+      return name;
+    }
   }
   return "?";
 }

@@ -88,6 +88,14 @@ TEST(ProtocolTable, RowsCarryNamesPortsAlpnAndBehaviour) {
   }
 }
 
+// The config's names and the protocol table's rows agree, row for row.
+TEST(ProtocolTable, EveryConfigNameHasItsRow) {
+  for (const auto& [name, protocol] : config::kProtocolNames) {
+    EXPECT_STREQ(info(protocol).name, name);
+    EXPECT_STREQ(config::toString(protocol), name);
+  }
+}
+
 TEST(GreetingIsReady, AcceptsReadyGreetingsAndTheirPrefixes) {
   EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* OK ready\r\n"));
   EXPECT_TRUE(greetingIsReady(config::Protocol::Imap, "* PREAUTH hi\r\n"));
