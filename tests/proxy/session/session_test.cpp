@@ -49,13 +49,17 @@ struct BackendSocket {
 
 class Harness : public SessionOwner {
 public:
-  Harness() : registry_("test") {
+  // `connectTimeout`: how long the backend has to greet (the backend socket never does).
+  explicit Harness(std::chrono::milliseconds connectTimeout = std::chrono::seconds(5))
+      : registry_("test") {
     uv_loop_init(&loop_);
     net::attachLoopContext(&loop_, &loopContext_);
     config::Backend backend;
     backend.name = "pool";
     backend.servers.push_back({"127.0.0.1", backendSocket_.port});
     backend.smtp_xclient = true; // the path that parsed the address from text
+    backend.connect_timeout = connectTimeout;
+    backend.retries = 0;
     pool_ = std::make_shared<backend::Pool>(backend, registry_);
     context_ = std::make_shared<ListenerContext>();
     context_->config.name = "smtp";
@@ -98,9 +102,29 @@ public:
     ::close(fd);
   }
 
+  // A client that connects and stays; its socket (blocking, with a receive timeout).
+  int connectClient() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(port_);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    timeval wait{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    return fd;
+  }
+
+  // Runs the loop a few turns without blocking (lets queued writes and closes finish).
+  void settle() {
+    for (int turn = 0; turn < 20; ++turn) {
+      uv_run(&loop_, UV_RUN_NOWAIT);
+    }
+  }
+
   // Runs the loop until `count` sessions have ended (bounded: a few hundred turns).
   void runUntilClosed(std::size_t count) {
-    for (int turn = 0; turn < 300 && closed_ < count; ++turn) {
+    for (int turn = 0; turn < 3000 && closed_ < count; ++turn) {
       uv_run(&loop_, UV_RUN_NOWAIT);
       if (closed_ < count) {
         usleep(1000); // the kernel delivers the connection; no ordering relies on it
@@ -171,6 +195,34 @@ TEST(Session, AClientWithoutAPeerAddressEndsAloneAndIsCounted) {
         << metrics;
   }
   // Every libuv handle the sessions opened was closed: the loop closes cleanly.
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// A backend that accepts (its kernel does) and never greets: after connect_timeout, with no
+// retry left, the client hears SMTP's own "temporarily unavailable" and the session ends as
+// backend_unavailable, the timeout counted against the server.
+TEST(Session, ABackendThatNeverGreetsTimesOut) {
+  {
+    Harness harness(std::chrono::milliseconds(100));
+    int client = harness.connectClient();
+    harness.runUntilClosed(1);
+    ASSERT_EQ(harness.closed(), 1U);
+    harness.settle();
+    char reply[256] = {};
+    ssize_t got = ::recv(client, reply, sizeof reply - 1, 0);
+    ::close(client);
+    ASSERT_GT(got, 0);
+    EXPECT_TRUE(std::string(reply).starts_with("421 4.3.2 ")) << reply;
+    std::string metrics = harness.metrics();
+    EXPECT_TRUE(contains(metrics, "postern_sessions_closed_total{listener=\"smtp\",reason="
+                                  "\"backend_unavailable\"} 1"))
+        << metrics;
+    // (Every reason's series exists from the start; this one must say 1.)
+    std::size_t at =
+        metrics.find("postern_backend_errors_total{backend=\"pool\",reason=\"timeout\"");
+    ASSERT_NE(at, std::string::npos) << metrics;
+    EXPECT_TRUE(metrics.substr(at, metrics.find('\n', at) - at).ends_with(" 1")) << metrics;
+  }
   EXPECT_EQ(Harness::loopClosed(), 0);
 }
 
