@@ -81,6 +81,15 @@ ConnectSpec imap(config::TlsMode tls = config::TlsMode::None) {
   return spec;
 }
 
+// SMTP with XCLIENT for the client 192.0.2.7:40000.
+ConnectSpec smtpWithXclient() {
+  ConnectSpec spec;
+  spec.host = "127.0.0.1";
+  spec.protocol = config::Protocol::Smtp;
+  spec.xclient = protocol::xclientCommand("192.0.2.7", false, 40000);
+  return spec;
+}
+
 TEST_F(ConnectorTest, RefusedConnect) {
   serve("* OK hi\r\n");
   ConnectSpec spec = imap();
@@ -155,11 +164,7 @@ TEST_F(ConnectorTest, SmtpXclientGivesTheServersNewGreeting) {
         {{"EHLO postern\r\n", "250-mx\r\n250-XCLIENT ADDR PORT NAME PROTO\r\n250 8BITMIME\r\n"},
          {"XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP\r\n",
           "220 mx ESMTP for 192.0.2.7\r\n"}});
-  ConnectSpec spec;
-  spec.host = "127.0.0.1";
-  spec.protocol = config::Protocol::Smtp;
-  spec.xclient = protocol::xclientCommand("192.0.2.7", false, 40000);
-  Outcome outcome = connect(spec);
+  Outcome outcome = connect(smtpWithXclient());
   ASSERT_TRUE(outcome.ready);
   EXPECT_TRUE(outcome.ready->greetingRead);
   EXPECT_TRUE(outcome.ready->xclientForwarded);
@@ -168,11 +173,7 @@ TEST_F(ConnectorTest, SmtpXclientGivesTheServersNewGreeting) {
 
 TEST_F(ConnectorTest, XclientNotOfferedKeepsTheFirstGreeting) {
   serve("220 mx ESMTP\r\n", {{"EHLO postern\r\n", "250-mx\r\n250 8BITMIME\r\n"}});
-  ConnectSpec spec;
-  spec.host = "127.0.0.1";
-  spec.protocol = config::Protocol::Smtp;
-  spec.xclient = protocol::xclientCommand("192.0.2.7", false, 40000);
-  Outcome outcome = connect(spec);
+  Outcome outcome = connect(smtpWithXclient());
   ASSERT_TRUE(outcome.ready);
   EXPECT_FALSE(outcome.ready->xclientForwarded);
   EXPECT_EQ(outcome.ready->greeting, "220 mx ESMTP\r\n");

@@ -6,6 +6,7 @@
 #include "proxy/session/session.h"
 
 #include "proxy/net/tcp_stream.h"
+#include "tests/proxy/support/scripted_server.h"
 
 #include <gtest/gtest.h>
 
@@ -27,9 +28,7 @@ struct BackendSocket {
   std::uint16_t port = 0;
   BackendSocket() {
     fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sockaddr_in address = testing_support::loopback();
     ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
     ::listen(fd, 8);
     socklen_t length = sizeof address;
@@ -72,14 +71,7 @@ public:
 
     uv_tcp_init(&loop_, &listener_);
     listener_.data = this;
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    uv_tcp_bind(&listener_, reinterpret_cast<sockaddr*>(&address), 0);
-    int length = sizeof address;
-    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&address), &length);
-    port_ = ntohs(address.sin_port);
-    uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 128, onConnection);
+    port_ = testing_support::listenOnLoopback(&listener_, 128, onConnection);
   }
 
   ~Harness() {
@@ -89,30 +81,22 @@ public:
     loopClosed_ = uv_loop_close(&loop_);
   }
 
-  // A client that connects, then resets (SO_LINGER 0) before postern's loop has accepted it.
-  void connectAndReset() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = htons(port_);
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-    linger reset{1, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
-    ::close(fd);
-  }
-
   // A client that connects and stays; its socket (blocking, with a receive timeout).
   int connectClient() {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = htons(port_);
+    sockaddr_in address = testing_support::loopback(port_);
     EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
     timeval wait{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
     return fd;
+  }
+
+  // A client that connects, then resets (SO_LINGER 0) before postern's loop has accepted it.
+  void connectAndReset() {
+    int fd = connectClient();
+    linger reset{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(fd);
   }
 
   // Runs the loop a few turns without blocking (lets queued writes and closes finish).

@@ -7,11 +7,37 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <string_view>
 
 namespace testing_support {
+
+// 127.0.0.1:port (0: any free port).
+inline sockaddr_in loopback(std::uint16_t port = 0) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(port);
+  return address;
+}
+
+// Binds `listener` (initialised on its loop) to a free loopback port and listens; the port.
+inline std::uint16_t listenOnLoopback(uv_tcp_t* listener, int backlog,
+                                      uv_connection_cb onConnection,
+                                      sockaddr_storage* bound = nullptr) {
+  sockaddr_in address = loopback();
+  uv_tcp_bind(listener, reinterpret_cast<sockaddr*>(&address), 0);
+  sockaddr_storage local{};
+  int length = sizeof local;
+  uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&local), &length);
+  uv_listen(reinterpret_cast<uv_stream_t*>(listener), backlog, onConnection);
+  if (bound != nullptr) {
+    *bound = local;
+  }
+  return ntohs(reinterpret_cast<sockaddr_in*>(&local)->sin_port);
+}
 
 // A server that greets, then answers each complete line it knows with its reply (a reply of
 // "<close>" closes the connection instead). It records every byte it received.
@@ -21,13 +47,7 @@ public:
       : greeting_(std::move(greeting)), replies_(std::move(replies)) {
     uv_tcp_init(loop, &listener_);
     listener_.data = this;
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    uv_tcp_bind(&listener_, reinterpret_cast<sockaddr*>(&address), 0);
-    int length = sizeof address_;
-    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&address_), &length);
-    uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 8, onConnection);
+    listenOnLoopback(&listener_, 8, onConnection, &address_);
   }
   ~ScriptedServer() { close(); }
 
