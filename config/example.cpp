@@ -47,7 +47,7 @@ client_ca = ""               # if set, request and verify client certificates
 
 [[listener]]
 name = "imap"                # unique; used as the metrics label
-protocol = "imap"            # pop3|imap|smtp
+protocol = "imap"            # pop3|imap|smtp|sieve
 listen = "0.0.0.0:143"       # an IP literal and port; "[::]:143" for IPv6
 tls = "none"                 # none|starttls|implicit ("starttls" once certificates are set)
 require_tls = false          # default true on starttls listeners, false elsewhere

@@ -12,11 +12,13 @@ namespace config {
 
 using Duration = std::chrono::milliseconds;
 
-enum class Protocol { Pop3, Imap, Smtp };
+enum class Protocol { Pop3, Imap, Smtp, Sieve };
 // The protocols by the names the config gives them: one row each. (What postern does with a
 // protocol is its row in proxy/protocol/registry.cpp and its folder there.)
-inline constexpr std::pair<const char*, Protocol> kProtocolNames[] = {
-    {"pop3", Protocol::Pop3}, {"imap", Protocol::Imap}, {"smtp", Protocol::Smtp}};
+inline constexpr std::pair<const char*, Protocol> kProtocolNames[] = {{"pop3", Protocol::Pop3},
+                                                                      {"imap", Protocol::Imap},
+                                                                      {"smtp", Protocol::Smtp},
+                                                                      {"sieve", Protocol::Sieve}};
 enum class TlsMode { None, StartTls, Implicit };
 enum class Mode { Passthrough, Login };
 enum class Balance { RoundRobin, LeastConn, SourceHash, UserHash };

@@ -19,7 +19,10 @@ HealthProbe::Result HealthProbe::fail(std::string reason) {
 }
 
 HealthProbe::Result HealthProbe::start() {
-  return state_ == State::Capabilities ? askCapabilities() : Result{};
+  if (state_ != State::Capabilities || script_.capabilitiesFollowTls) {
+    return {};
+  }
+  return askCapabilities();
 }
 
 HealthProbe::Result HealthProbe::askCapabilities() {

@@ -25,6 +25,9 @@ struct ProbeScript {
   const char* goodbye;
   // Whether a line answers the goodbye (IMAP: the tagged reply, not the untagged BYE).
   bool (*goodbyeAnswered)(std::string_view text);
+  // After STARTTLS the server lists its capabilities again unasked (ManageSieve, RFC 5804
+  // §2.2): the probe reads that list instead of asking.
+  bool capabilitiesFollowTls = false;
 };
 
 const ProbeScript& imapProbe();

@@ -3,6 +3,7 @@
 
 #include "metrics/labels.h"
 #include "proxy/protocol/line_reader.h"
+#include "proxy/protocol/sieve/sieve.h"
 
 #include <algorithm>
 #include <array>
@@ -30,7 +31,7 @@ bool pop3Greeting(std::string_view text) { return startsLike(text, "+OK"); }
 bool smtpGreeting(std::string_view text) { return startsLike(text, "220"); }
 
 // RFC 5530 (IMAP response codes), RFC 3206 (POP3 SYS/TEMP), RFC 3463 (SMTP enhanced codes).
-std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
+std::array<ProtocolInfo, 4> makeTable(std::string_view hostname) {
   std::string host(hostname);
   return {{
       {config::Protocol::Pop3, "pop3", 110, 995, "pop3", pop3Greeting, &pop3Probe(), false, nullptr,
@@ -51,11 +52,12 @@ std::array<ProtocolInfo, 3> makeTable(std::string_view hostname) {
        "421 4.7.0 " + host + " Too many connections, try again later\r\n",
        "421 4.3.2 " + host + " Server shutting down, closing channel\r\n",
        "421 4.4.2 " + host + " Error: timeout exceeded\r\n"},
+      sieveProtocol(hostname),
   }};
 }
 
-std::array<ProtocolInfo, 3>& table() {
-  static std::array<ProtocolInfo, 3> protocols = makeTable("postern");
+std::array<ProtocolInfo, 4>& table() {
+  static std::array<ProtocolInfo, 4> protocols = makeTable("postern");
   return protocols;
 }
 
@@ -82,6 +84,8 @@ void initialiseRegistry(std::string_view hostname) {
 }
 
 const std::string& hostname() { return hostnameStorage(); }
+
+std::span<const ProtocolInfo> protocols() { return table(); }
 
 const ProtocolInfo& info(config::Protocol protocol) {
   return table()[static_cast<std::size_t>(protocol)];

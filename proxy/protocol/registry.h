@@ -9,13 +9,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
 namespace protocol {
 
 // One row per protocol: what the rest of postern needs to know of it. A new protocol is its
-// folder under proxy/protocol/ and one row here (SPEC §12).
+// folder under proxy/protocol/ (which builds its row, as sieve/sieve_protocol.cpp does), one
+// line in registry.cpp's table and its name in config::kProtocolNames (SPEC §12).
 struct ProtocolInfo {
   config::Protocol protocol;
   const char* name; // the config's `protocol` value and the metrics label
@@ -54,6 +56,8 @@ void initialiseRegistry(std::string_view hostname);
 // The host name postern gives itself (SMTP greetings, EHLO towards backends).
 const std::string& hostname();
 const ProtocolInfo& info(config::Protocol protocol);
+// Every row (the fuzz targets and the tests walk them all).
+std::span<const ProtocolInfo> protocols();
 
 // Whether a backend's first bytes start like its protocol's ready greeting (`* OK`/`* PREAUTH`,
 // `+OK`, `220`); a prefix of one counts, since a greeting may arrive in pieces.

@@ -347,7 +347,7 @@ backend = "none"
   EXPECT_EQ(errors[2], "postern.toml:5:1: listener[0].name: names use letters, digits, '-', '_' "
                        "and '.' (at most 64)");
   EXPECT_EQ(errors[3],
-            "postern.toml:6:1: listener[0].protocol: expected one of pop3|imap|smtp, got "
+            "postern.toml:6:1: listener[0].protocol: expected one of pop3|imap|smtp|sieve, got "
             "\"nntp\"");
   EXPECT_EQ(errors[4], "postern.toml:7:1: listener[0].listen: expected \"host:port\", got "
                        "\"1.2.3.4\"");

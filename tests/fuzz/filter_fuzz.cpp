@@ -3,6 +3,7 @@
 #include "proxy/protocol/backend_starttls.h"
 #include "proxy/protocol/filter.h"
 #include "proxy/protocol/health_probe.h"
+#include "proxy/protocol/registry.h"
 #include "tests/fuzz/reads.h"
 
 #include <cstddef>
@@ -49,23 +50,19 @@ void run(const std::uint8_t* data, std::size_t size, protocol::Filter& filter,
   });
 }
 
+// Every protocol of the table, by the selector byte.
+const protocol::ProtocolInfo& pick(std::uint8_t selector) {
+  std::span<const protocol::ProtocolInfo> rows = protocol::protocols();
+  return rows[selector % rows.size()];
+}
+
 // Backend-side dialogues (STARTTLS, XCLIENT): whatever the backend says, in any reads.
 void runBackend(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
-  std::unique_ptr<protocol::BackendStartTls> upgrade;
-  switch (selector % 3) {
-  case 0:
-    upgrade = protocol::makeImapBackendStartTls();
-    break;
-  case 1:
-    upgrade = protocol::makePop3BackendStartTls();
-    break;
-  default:
-    upgrade = protocol::makeSmtpBackendStartTls("fuzz.example");
-    break;
-  }
+  const protocol::ProtocolInfo& row = pick(selector);
+  std::unique_ptr<protocol::BackendStartTls> upgrade = row.makeBackendStartTls("fuzz.example");
   protocol::SmtpXclient xclient("fuzz.example", protocol::xclientCommand("192.0.2.1", false, 1),
                                 "");
-  protocol::HealthProbe probe(static_cast<config::Protocol>(selector % 3), "fuzz.example", false);
+  protocol::HealthProbe probe(row.protocol, "fuzz.example", (selector & 0x40) != 0);
   bool upgradeDone = false;
   bool xclientDone = false;
   fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
@@ -101,18 +98,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   policy.requireTls = policy.listenerTls != config::TlsMode::None && (selector & 0x10) != 0;
   policy.allowAuth = (selector & 0x20) != 0;
   policy.maxLineLength = (selector & 0x40) != 0 ? 64 : 8192;
-  std::unique_ptr<protocol::Filter> filter;
-  switch (selector % 3) {
-  case 0:
-    filter = protocol::makeImapFilter(policy);
-    break;
-  case 1:
-    filter = protocol::makePop3Filter(policy);
-    break;
-  default:
-    filter = protocol::makeSmtpFilter(policy);
-    break;
-  }
+  std::unique_ptr<protocol::Filter> filter = pick(selector).makeFilter(policy);
   run(data + 1, size - 1, *filter, policy.maxLineLength);
   return 0;
 }

@@ -1,6 +1,7 @@
 // libFuzzer target for login mode: the front dialogues under any client bytes, any policy and
 // any order of verdicts; the replays under any server bytes; the SASL decoders directly.
 #include "proxy/protocol/login/login.h"
+#include "proxy/protocol/registry.h"
 #include "tests/fuzz/reads.h"
 
 #include <cstddef>
@@ -9,16 +10,15 @@
 
 namespace {
 
-using Maker = std::unique_ptr<protocol::LoginDialogue> (*)(const protocol::Policy&,
-                                                           protocol::BackendOffer);
-using ReplayMaker = std::unique_ptr<protocol::LoginReplay> (*)(protocol::Credentials,
-                                                               protocol::ReplayContext);
+// Every protocol of the table, by the selector byte.
+const protocol::ProtocolInfo& pick(std::uint8_t selector) {
+  std::span<const protocol::ProtocolInfo> rows = protocol::protocols();
+  return rows[selector % rows.size()];
+}
 
 // Reads separated by 0xFF; each starts with a byte: 0xFE TLS started, 0xFD rejected,
 // 0xFC throttled, 0xFA unavailable, 0xFB accepted (ends the dialogue), else client bytes.
 void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
-  static constexpr Maker kMakers[] = {protocol::makeImapLogin, protocol::makePop3Login,
-                                      protocol::makeSmtpLogin};
   protocol::Policy policy;
   policy.listenerTls = static_cast<config::TlsMode>((selector >> 2) % 3);
   policy.requireTls = (selector & 0x10) != 0;
@@ -26,10 +26,12 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   policy.maxLineLength = (selector & 0x40) != 0 ? 64 : 8192;
   protocol::BackendOffer offer;
   if ((selector & 0x10) != 0) {
-    offer.capabilities = {"IMAP4rev1", "AUTH=XOAUTH2", "SASL PLAIN XOAUTH2", "AUTH LOGIN",
-                          "USER",      "STARTTLS",     "LOGINDISABLED",      "PIPELINING"};
+    offer.capabilities = {"IMAP4rev1",     "AUTH=XOAUTH2", "SASL PLAIN XOAUTH2",
+                          "AUTH LOGIN",    "USER",         "STARTTLS",
+                          "LOGINDISABLED", "PIPELINING",   "\"SIEVE\" \"fileinto\"",
+                          "\"STARTTLS\""};
   }
-  auto dialogue = kMakers[selector % 3](policy, std::move(offer));
+  auto dialogue = pick(selector).makeLogin(policy, std::move(offer));
   protocol::LoginOutput out;
   dialogue->greet(out);
   bool waiting = false;
@@ -75,8 +77,6 @@ void front(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
 }
 
 void replay(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
-  static constexpr ReplayMaker kMakers[] = {protocol::makeImapReplay, protocol::makePop3Replay,
-                                            protocol::makeSmtpReplay};
   protocol::Credentials credentials;
   credentials.kind = static_cast<protocol::Credentials::Kind>((selector >> 2) % 3);
   credentials.user = "alice";
@@ -87,7 +87,7 @@ void replay(const std::uint8_t* data, std::size_t size, std::uint8_t selector) {
   context.clientPort = 1;
   context.hostname = "fuzz.example";
   context.greeted = (selector & 0x10) != 0;
-  auto server = kMakers[selector % 3](std::move(credentials), std::move(context));
+  auto server = pick(selector).makeReplay(std::move(credentials), std::move(context));
   auto result = server->start();
   fuzz::forEachRead(data, size, [&](std::span<const std::uint8_t> read) {
     if (result.step == protocol::LoginReplay::Step::Accepted ||

@@ -4,6 +4,7 @@
 // response codes and capability lists (SPEC §5.1).
 #pragma once
 
+#include "proxy/protocol/strings.h"
 #include "proxy/protocol/syntax.h"
 
 #include <cstddef>
@@ -43,17 +44,13 @@ ParsedCommand parseCommandLine(std::string_view line);
 // The reply to a command line that parseCommandLine refused.
 std::string commandError(std::string_view line, CommandError error);
 
-// The literal a line announces at its end ("{12}", "{12+}"; RFC 7888).
-struct Literal {
-  enum class Kind { None, Announced, Invalid };
-  Kind kind = Kind::None;
-  std::size_t size = 0;
-  bool synchronising = true;
-};
-// `text` without its CRLF. A "{...}" at the end that is no valid count (not digits, or too many
-// for any size) is Invalid: a server could read it as a literal, so it is refused, never
-// relayed as text.
-Literal literalAtEnd(std::string_view text);
+// Literals ("{12}", "{12+}") and quoted strings are read as every IMAP-family protocol reads
+// them (proxy/protocol/strings.h).
+using protocol::Literal;
+using protocol::literalAtEnd;
+using protocol::Quoted;
+using protocol::quoted;
+using protocol::readQuoted;
 
 // Said before closing a session whose literal postern will not take (SPEC §5.1).
 inline constexpr std::string_view kLiteralTooLarge = "* BYE Literal too large\r\n";
@@ -67,16 +64,6 @@ inline constexpr std::string_view kInvalidCharacters =
 // literal (reported in `literal`; the caller reads its bytes as the next word).
 enum class Tokenised { Complete, Literal, Bad };
 Tokenised tokenise(std::string_view text, std::vector<std::string>& words, Literal& literal);
-
-// A quoted string at the start of `text` ("..." with \" and \\ escapes, nothing else escaped,
-// as RFC 9051's quoted-specials allow). Its value and the bytes it took; nullopt when malformed.
-struct Quoted {
-  std::string value;
-  std::size_t length;
-};
-std::optional<Quoted> readQuoted(std::string_view text);
-// `text` as a quoted string, escaping '"' and '\'.
-std::string quoted(std::string_view text);
 
 // A status response "tag SP status SP [code] text" (untagged: tag "*").
 struct Status {

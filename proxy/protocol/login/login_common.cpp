@@ -192,7 +192,7 @@ LoginReplay::Result LineReplay::verdict(bool accepted, std::string_view last) {
 
 LoginReplay::Result LineReplay::nextResponse() {
   if (next_ < responses_.size()) {
-    std::string response = responses_[next_] + "\r\n";
+    std::string response = saslString(responses_[next_]) + "\r\n";
     wipe(responses_[next_]);
     ++next_;
     return send(std::move(response));
@@ -200,13 +200,13 @@ LoginReplay::Result LineReplay::nextResponse() {
   // An error challenge (XOAUTH2, OAUTHBEARER): the client's side of it ends the exchange.
   switch (credentials_.kind) {
   case Credentials::Kind::OAuthBearer:
-    return send("AQ==\r\n"); // RFC 7628 §3.2.3: a dummy ^A
+    return send(saslString("AQ==") + "\r\n"); // RFC 7628 §3.2.3: a dummy ^A
   case Credentials::Kind::XOAuth2:
-    return send("\r\n"); // an empty response
+    return send(saslString("") + "\r\n"); // an empty response
   case Credentials::Kind::Password:
     break;
   }
-  return send("*\r\n"); // cancel
+  return send(saslString("*") + "\r\n"); // cancel
 }
 
 LoginReplay::Result LineReplay::saslCommand(std::string prefix, const char* mechanism,
@@ -214,12 +214,13 @@ LoginReplay::Result LineReplay::saslCommand(std::string prefix, const char* mech
   std::string encoded = encodeBase64(message);
   wipe(message);
   if (initialResponse) {
-    std::string command = prefix + mechanism + " " + (encoded.empty() ? "=" : encoded) + "\r\n";
+    std::string command = prefix + saslString(mechanism) + " " +
+                          (encoded.empty() && !quotedSasl_ ? "=" : saslString(encoded)) + "\r\n";
     wipe(encoded);
     return sendSecret(std::move(command));
   }
   responses_.push_back(std::move(encoded));
-  return sendSecret(prefix + mechanism + "\r\n");
+  return sendSecret(prefix + saslString(mechanism) + "\r\n");
 }
 
 std::optional<LoginReplay::Result>
@@ -252,7 +253,7 @@ LoginReplay::Result LineReplay::replayLoginMechanism(const std::vector<std::stri
   if (hasMechanism(mechanisms, "LOGIN") && credentials_.authzid.empty()) {
     responses_.push_back(encodeBase64(credentials_.user));
     responses_.push_back(encodeBase64(credentials_.secret));
-    return sendSecret(prefix + "LOGIN\r\n");
+    return sendSecret(prefix + saslString("LOGIN") + "\r\n");
   }
   return failed("the server offers no way to log in with a password");
 }

@@ -52,6 +52,11 @@ protected:
     run(out);
   }
   virtual void afterTls(LoginOutput&) {}
+  // A line answering postern's SASL challenge; bare base64 unless the protocol frames it
+  // (ManageSieve's strings).
+  virtual void saslLine(std::string_view line, LoginOutput& out) {
+    saslStep(sasl_->respond(chomp(line)), out);
+  }
   // Bytes of a command being assembled across lines (IMAP literals).
   virtual std::size_t assembled() const { return 0; }
 
@@ -70,11 +75,12 @@ protected:
 
   // The protocol's replies around a SASL exchange, as whole lines (IMAP's carry the tag).
   struct SaslReplies {
-    std::string challenge; // the continuation prefix: "+ " or "334 "
+    std::string challenge; // the continuation prefix: "+ " or "334 " (ManageSieve: "\"")
     std::string unsupported;
     std::string badEncoding;
     std::string malformed;
     std::string cancelled;
+    std::string challengeEnd; // after the base64 (ManageSieve's closing quote)
   };
   virtual SaslReplies saslReplies() const = 0;
   // Credentials complete; a protocol adds what it knows (IMAP the tag, SMTP the EHLO name).
@@ -102,7 +108,8 @@ protected:
   void saslStep(SaslCapture::Step result, LoginOutput& out) {
     switch (result) {
     case SaslCapture::Step::Challenge:
-      out.toClient += saslReplies().challenge + sasl_->challenge() + "\r\n";
+      out.toClient +=
+          saslReplies().challenge + sasl_->challenge() + saslReplies().challengeEnd + "\r\n";
       return;
     case SaslCapture::Step::Done:
       saslCaptured(std::move(sasl_->credentials()), out);
@@ -148,7 +155,7 @@ protected:
         break;
       }
       if (sasl_) {
-        saslStep(sasl_->respond(chomp(*next)), out);
+        saslLine(*next, out);
         reader_.wipeConsumed();
       } else {
         line(*next, out);
@@ -205,8 +212,15 @@ protected:
   Result replayLoginMechanism(const std::vector<std::string>& mechanisms,
                               const std::string& prefix);
 
+  // SASL names and data as the protocol writes them: ManageSieve (RFC 5804 §2.1) quotes them
+  // as strings, the others send them bare.
+  std::string saslString(std::string_view text) const {
+    return quotedSasl_ ? "\"" + std::string(text) + "\"" : std::string(text);
+  }
+
   Credentials credentials_;
   ReplayContext context_;
+  bool quotedSasl_ = false;
   LineReader reader_{65536};
   std::vector<std::string> capabilities_;
   std::vector<std::string> responses_; // base64 responses still to send (secrets)
