@@ -12,13 +12,19 @@ namespace config {
 
 using Duration = std::chrono::milliseconds;
 
-enum class Protocol { Pop3, Imap, Smtp, Sieve };
-// The protocols by the names the config gives them: one row each. (What postern does with a
-// protocol is its row in proxy/protocol/registry.cpp and its folder there.)
-inline constexpr std::pair<const char*, Protocol> kProtocolNames[] = {{"pop3", Protocol::Pop3},
-                                                                      {"imap", Protocol::Imap},
-                                                                      {"smtp", Protocol::Smtp},
-                                                                      {"sieve", Protocol::Sieve}};
+// The protocols, from the one list of them (config/protocols.def).
+enum class Protocol {
+#define POSTERN_PROTOCOL(id, name, row) id,
+#include "config/protocols.def"
+#undef POSTERN_PROTOCOL
+};
+// The protocols by the names the config gives them. (What postern does with a protocol is its
+// folder under proxy/protocol/ and the row that folder builds.)
+inline constexpr std::pair<const char*, Protocol> kProtocolNames[] = {
+#define POSTERN_PROTOCOL(id, name, row) {name, Protocol::id},
+#include "config/protocols.def"
+#undef POSTERN_PROTOCOL
+};
 enum class TlsMode { None, StartTls, Implicit };
 enum class Mode { Passthrough, Login };
 enum class Balance { RoundRobin, LeastConn, SourceHash, UserHash };

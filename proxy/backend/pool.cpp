@@ -72,6 +72,7 @@ Server& Pool::add(std::size_t entry, const sockaddr_storage& address) {
       registry_.server(config_.name, server->name, config_.tls != config::TlsMode::None);
   server->metrics.up(true);
   servers_.push_back(std::move(server));
+  identitiesStale_ = true;
   Server& added = *servers_.back();
   if (checking_) {
     added.checker = std::make_unique<HealthChecker>(loop_, *this, added, protocol_);
@@ -161,6 +162,7 @@ void Pool::resolved(std::size_t entry, int status, std::vector<sockaddr_storage>
     });
     if (!still) {
       server->vanished = true;
+      identitiesStale_ = true;
       server->metrics.up(false);
       if (server->checker != nullptr) {
         server->checker->stop();
@@ -180,7 +182,21 @@ void Pool::reap() {
   });
 }
 
+void Pool::assignIdentities() {
+  identitiesStale_ = false;
+  for (auto& server : servers_) {
+    std::string ip = net::formatIp(server->address);
+    bool shared = std::any_of(servers_.begin(), servers_.end(), [&](const auto& other) {
+      return other != server && !other->vanished && net::formatIp(other->address) == ip;
+    });
+    server->identity = shared ? server->name : std::move(ip);
+  }
+}
+
 Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key) {
+  if (identitiesStale_) {
+    assignIdentities();
+  }
   candidates_.clear();
   indexes_.clear();
   for (std::size_t i = 0; i < servers_.size(); ++i) {
@@ -189,7 +205,7 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
       continue;
     }
     bool wasTried = std::find(tried.begin(), tried.end(), &server) != tried.end();
-    candidates_.push_back({server.name, server.active, server.up && !wasTried});
+    candidates_.push_back({server.identity, server.active, server.up && !wasTried});
     indexes_.push_back(i);
   }
   int index = balancer_->pick(candidates_, key);

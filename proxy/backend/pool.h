@@ -22,13 +22,17 @@
 namespace backend {
 
 struct Server {
-  std::string name;            // "ip:port": the metrics label and the identity hashing ranks
-  std::string host;            // as configured: the TLS server name to send and verify
-  std::size_t entry = 0;       // which `servers` entry it came from
-  bool up = true;              // servers start up; `fall` failures in a row take one down
-  bool vanished = false;       // DNS no longer returns it: no new sessions
-  std::uint32_t failures = 0;  // consecutive failed checks (active or passive)
-  std::uint32_t successes = 0; // consecutive good checks while down
+  std::string name; // "ip:port": the metrics label
+  // What hashing ranks: the server's IP, so that a user's IMAP, POP3 and ManageSieve sessions
+  // meet on the same mail host whatever the ports (SPEC §12); "ip:port" where two servers of
+  // the pool share an IP.
+  std::string identity;
+  std::string host;                      // as configured: the TLS server name to send and verify
+  std::size_t entry = 0;                 // which `servers` entry it came from
+  bool up = true;                        // servers start up; `fall` failures in a row take one down
+  bool vanished = false;                 // DNS no longer returns it: no new sessions
+  std::uint32_t failures = 0;            // consecutive failed checks (active or passive)
+  std::uint32_t successes = 0;           // consecutive good checks while down
   std::vector<std::string> capabilities; // as the last health check saw them
   sockaddr_storage address{};
   std::string addressText; // the resolved ip:port, for logs
@@ -92,6 +96,8 @@ private:
   std::shared_ptr<tls::ClientContext> tlsContext_;
   std::vector<Candidate> candidates_; // scratch for pick(), kept to avoid an allocation each time
   std::vector<std::size_t> indexes_;  // candidates_[i] is servers_[indexes_[i]]
+  bool identitiesStale_ = true;       // servers came or went since identities were assigned
+  void assignIdentities();
   uv_loop_t* loop_ = nullptr;
   config::Protocol protocol_ = config::Protocol::Imap;
   bool checking_ = false;

@@ -3,61 +3,43 @@
 
 #include "metrics/labels.h"
 #include "proxy/protocol/line_reader.h"
-#include "proxy/protocol/sieve/sieve.h"
 
 #include <algorithm>
 #include <array>
+#include <iterator>
 
 namespace protocol {
 
-namespace {
+// Each protocol's folder builds its row (config/protocols.def names the function).
+#define POSTERN_PROTOCOL(id, name, row) ProtocolInfo row(std::string_view hostname);
+#include "config/protocols.def"
+#undef POSTERN_PROTOCOL
 
-std::unique_ptr<BackendStartTls> imapBackend(std::string_view) { return makeImapBackendStartTls(); }
-std::unique_ptr<BackendStartTls> pop3Backend(std::string_view) { return makePop3BackendStartTls(); }
+namespace {
 
 std::string& hostnameStorage() {
   static std::string name = "postern";
   return name;
 }
 
-bool startsLike(std::string_view text, std::string_view prefix) {
-  std::size_t n = std::min(prefix.size(), text.size());
-  return text.substr(0, n) == prefix.substr(0, n);
-}
-bool imapGreeting(std::string_view text) {
-  return startsLike(text, "* OK") || startsLike(text, "* PREAUTH");
-}
-bool pop3Greeting(std::string_view text) { return startsLike(text, "+OK"); }
-bool smtpGreeting(std::string_view text) { return startsLike(text, "220"); }
+constexpr std::size_t kProtocolCount = std::size(config::kProtocolNames);
 
-// RFC 5530 (IMAP response codes), RFC 3206 (POP3 SYS/TEMP), RFC 3463 (SMTP enhanced codes).
-std::array<ProtocolInfo, 4> makeTable(std::string_view hostname) {
-  std::string host(hostname);
-  return {{
-      {config::Protocol::Pop3, "pop3", 110, 995, "pop3", pop3Greeting, &pop3Probe(), false, nullptr,
-       false, makePop3Filter, pop3Backend, makePop3Login, makePop3Replay,
-       "-ERR [SYS/TEMP] Service temporarily unavailable\r\n",
-       "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-       "-ERR [SYS/TEMP] Server shutting down\r\n", "-ERR Timed out waiting for authentication\r\n"},
-      {config::Protocol::Imap, "imap", 143, 993, "imap", imapGreeting, &imapProbe(), false, nullptr,
-       false, makeImapFilter, imapBackend, makeImapLogin, makeImapReplay,
-       "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n",
-       "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
-       "* BYE [UNAVAILABLE] Server shutting down\r\n",
-       "* BYE Autologout; timed out waiting for authentication\r\n"},
-      {config::Protocol::Smtp, "smtp", 25, 465, "smtp", smtpGreeting, &smtpProbe(), true,
-       makeSmtpFilterAfterLogin, true, makeSmtpFilter, makeSmtpBackendStartTls, makeSmtpLogin,
-       makeSmtpReplay,
-       "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n",
-       "421 4.7.0 " + host + " Too many connections, try again later\r\n",
-       "421 4.3.2 " + host + " Server shutting down, closing channel\r\n",
-       "421 4.4.2 " + host + " Error: timeout exceeded\r\n"},
-      sieveProtocol(hostname),
-  }};
+// The table in config/protocols.def's order, so that a config::Protocol indexes it.
+std::array<ProtocolInfo, kProtocolCount> makeTable(std::string_view hostname) {
+  std::array<ProtocolInfo, kProtocolCount> rows;
+  std::size_t i = 0;
+#define POSTERN_PROTOCOL(id, label, build)                                                         \
+  rows[i] = build(hostname);                                                                       \
+  rows[i].protocol = config::Protocol::id;                                                         \
+  rows[i].name = label;                                                                            \
+  ++i;
+#include "config/protocols.def"
+#undef POSTERN_PROTOCOL
+  return rows;
 }
 
-std::array<ProtocolInfo, 4>& table() {
-  static std::array<ProtocolInfo, 4> protocols = makeTable("postern");
+std::array<ProtocolInfo, kProtocolCount>& table() {
+  static std::array<ProtocolInfo, kProtocolCount> protocols = makeTable("postern");
   return protocols;
 }
 

@@ -16,31 +16,32 @@
 namespace protocol {
 
 // One row per protocol: what the rest of postern needs to know of it. A new protocol is its
-// folder under proxy/protocol/ (which builds its row, as sieve/sieve_protocol.cpp does), one
-// line in registry.cpp's table and its name in config::kProtocolNames (SPEC §12).
+// folder under proxy/protocol/, whose <name>Protocol() builds the row, and one line in
+// config/protocols.def (SPEC §12); the table fills in `protocol` and `name` from that line.
 struct ProtocolInfo {
-  config::Protocol protocol;
-  const char* name; // the config's `protocol` value and the metrics label
+  config::Protocol protocol = config::Protocol::Imap;
+  const char* name = ""; // the config's `protocol` value and the metrics label
   // The standard ports: plaintext (with STARTTLS) and implicit TLS (0: none is standard).
-  std::uint16_t plaintextPort;
-  std::uint16_t implicitTlsPort;
+  std::uint16_t plaintextPort = 0;
+  std::uint16_t implicitTlsPort = 0;
   // The ALPN id (IANA registry) a ClientHello must offer if it offers any (ALPACA defence).
-  const char* alpn;
+  const char* alpn = "";
   // Whether a server's first bytes start like its ready greeting (a prefix of one counts).
-  bool (*greetingIsReady)(std::string_view firstBytes);
+  bool (*greetingIsReady)(std::string_view firstBytes) = nullptr;
   // The polite health check (SPEC §7).
-  const ProbeScript* probe;
+  const ProbeScript* probe = nullptr;
   // SMTP-like: the pre-authentication limits end at TLS too (relay sessions never log in),
   // the session stays parsed after authentication (makeFilterAfterLogin), and XCLIENT can tell
   // the server who the client is (smtp_xclient).
-  bool preauthEndsAtTls;
-  std::unique_ptr<Filter> (*makeFilterAfterLogin)(const Policy& policy); // null: relay only
-  bool hasXclient;
-  std::unique_ptr<Filter> (*makeFilter)(const Policy& policy);
-  std::unique_ptr<BackendStartTls> (*makeBackendStartTls)(std::string_view hostname);
+  bool preauthEndsAtTls = false;
+  std::unique_ptr<Filter> (*makeFilterAfterLogin)(const Policy& policy) = nullptr; // null: relay
+  bool hasXclient = false;
+  std::unique_ptr<Filter> (*makeFilter)(const Policy& policy) = nullptr;
+  std::unique_ptr<BackendStartTls> (*makeBackendStartTls)(std::string_view hostname) = nullptr;
   // Login mode: postern's side of the dialogue, and the replay at the chosen server.
-  std::unique_ptr<LoginDialogue> (*makeLogin)(const Policy& policy, BackendOffer offer);
-  std::unique_ptr<LoginReplay> (*makeReplay)(Credentials credentials, ReplayContext context);
+  std::unique_ptr<LoginDialogue> (*makeLogin)(const Policy& policy, BackendOffer offer) = nullptr;
+  std::unique_ptr<LoginReplay> (*makeReplay)(Credentials credentials,
+                                             ReplayContext context) = nullptr;
   // Said to a client when no backend server can be reached (SPEC §7).
   std::string unavailable;
   // Said to a client refused by a connection limit (SPEC §8).

@@ -11,6 +11,13 @@
 
 namespace protocol {
 
+// Whether `text` could be the start of something that begins with `prefix` (or begins with it):
+// a greeting may arrive in pieces.
+inline bool startsLike(std::string_view text, std::string_view prefix) {
+  std::size_t n = prefix.size() < text.size() ? prefix.size() : text.size();
+  return text.substr(0, n) == prefix.substr(0, n);
+}
+
 // SPEC §5.1: a command line (its CRLF or LF removed) that holds a control byte (0x00-0x1F other
 // than HTAB, or 0x7F) is a syntax error. Servers split verbs on different whitespace sets
 // (Postfix on SP, HTAB, VT, FF and CR), so "XCLIENT\vADDR=..." or "DATA\v" would otherwise be

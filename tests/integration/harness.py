@@ -84,7 +84,8 @@ MESSAGES = [
 
 
 class MailServers:
-    """One Dovecot (IMAP + POP3, plaintext) and one Postfix (SMTP) on 127.0.0.1 high ports."""
+    """One Dovecot (IMAP, POP3, ManageSieve; plaintext) and one Postfix (SMTP) on 127.0.0.1
+    high ports."""
 
     def __init__(self, host="127.0.0.1", ports=None, pki=None, mechanisms="plain login",
                  dovecot_extra="", users=()):
@@ -109,10 +110,13 @@ class MailServers:
         self.pop3_port = ports.get("pop3") or free_port(host)
         self.smtp_port = ports.get("smtp") or free_port(host)
         self.submission_port = ports.get("submission") or free_port(host)
+        self.sieve_port = ports.get("sieve") or free_port(host)
+        self.sieves_port = free_port(host) if pki else 0
         # Listeners that expect a PROXY protocol header (Dovecot: v1/v2; Postfix: v1/v2).
         self.imap_proxy_port = free_port(host)
         self.pop3_proxy_port = free_port(host)
         self.smtp_proxy_port = free_port(host)
+        self.sieve_proxy_port = free_port(host)
         self.dovecot = None
         self.postfix_dir = os.path.join(self.run, "postfix")
         self.postfix_started = False
@@ -155,7 +159,7 @@ class MailServers:
         self.dovecot_log = os.path.join(self.run, "dovecot.log")
         with open(conf, "w") as f:
             f.write(f"""
-protocols = imap pop3
+protocols = imap pop3 sieve
 listen = {self.host}
 base_dir = {self.run}/dovecot-base
 state_dir = {self.run}/dovecot-state
@@ -207,6 +211,22 @@ service pop3-login {{
     haproxy = yes
   }}
 }}
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {self.sieve_port}
+  }}
+  inet_listener sieves {{
+    port = {self.sieves_port}
+    ssl = yes
+  }}
+  inet_listener sieve_haproxy {{
+    port = {self.sieve_proxy_port}
+    haproxy = yes
+  }}
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
 service auth {{
   unix_listener {self.run}/dovecot-auth {{
     mode = 0666
@@ -218,9 +238,14 @@ service auth {{
                                             stdout=subprocess.DEVNULL, stderr=stderr)
         wait_for_port(self.host, self.imap_port, process=self.dovecot, log=self.dovecot_log)
         wait_for_port(self.host, self.pop3_port, process=self.dovecot, log=self.dovecot_log)
+        wait_for_port(self.host, self.sieve_port, process=self.dovecot, log=self.dovecot_log)
         if self.pki:
             wait_for_port(self.host, self.imaps_port, process=self.dovecot, log=self.dovecot_log)
             wait_for_port(self.host, self.pop3s_port, process=self.dovecot, log=self.dovecot_log)
+
+    def dovecot_log_text(self):
+        with open(self.dovecot_log, errors="replace") as f:
+            return f.read()
 
     def _dovecot_ssl(self):
         if not self.pki:

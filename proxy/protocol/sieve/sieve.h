@@ -13,7 +13,4 @@ std::unique_ptr<LoginDialogue> makeSieveLogin(const Policy& policy, BackendOffer
 std::unique_ptr<LoginReplay> makeSieveReplay(Credentials credentials, ReplayContext context);
 const ProbeScript& sieveProbe();
 
-// The protocol table's row for ManageSieve.
-ProtocolInfo sieveProtocol(std::string_view hostname);
-
 } // namespace protocol

@@ -297,7 +297,7 @@ public:
   Result start() override { return {}; }
 
 private:
-  enum class State { Capabilities, Auth };
+  enum class State { Capabilities, Xclient, Auth };
 
   Result line(std::string_view raw) override {
     std::string_view text = chomp(raw);
@@ -307,6 +307,7 @@ private:
         if (equalsNoCase(capability->name, "SASL")) {
           mechanisms_ = sieve::valueWords(*capability);
         }
+        xclient_ = xclient_ || equalsNoCase(capability->name, "XCLIENT");
         return {};
       }
       std::optional<sieve::Response> status = sieve::parseResponse(text);
@@ -316,12 +317,20 @@ private:
       if (!equalsNoCase(status->status, "OK")) {
         return failed("not a ManageSieve greeting");
       }
-      state_ = State::Auth;
-      if (auto sasl = replaySasl(mechanisms_, "AUTHENTICATE ", true)) {
-        return std::move(*sasl);
+      if (xclient_ && !context_.clientIp.empty()) {
+        // Dovecot's managesieve-login offers XCLIENT to the networks it trusts: the client's
+        // address and port, as IMAP's login replay sends them with ID (SPEC §5).
+        state_ = State::Xclient;
+        return send("XCLIENT ADDR=" + context_.clientIp +
+                    " PORT=" + std::to_string(context_.clientPort) + "\r\n");
       }
-      return replayLoginMechanism(mechanisms_, "AUTHENTICATE ");
+      return authenticate();
     }
+    case State::Xclient:
+      if (sieve::isResponse(text)) {
+        return authenticate(); // refused or not, the login goes on
+      }
+      return {};
     case State::Auth:
       if (std::optional<sieve::Response> status = sieve::parseResponse(text)) {
         if (literalAtEnd(text).kind == Literal::Kind::Announced) {
@@ -334,8 +343,17 @@ private:
     return {};
   }
 
+  Result authenticate() {
+    state_ = State::Auth;
+    if (auto sasl = replaySasl(mechanisms_, "AUTHENTICATE ", true)) {
+      return std::move(*sasl);
+    }
+    return replayLoginMechanism(mechanisms_, "AUTHENTICATE ");
+  }
+
   State state_ = State::Capabilities;
   std::vector<std::string> mechanisms_;
+  bool xclient_ = false;
 };
 
 } // namespace

@@ -461,6 +461,21 @@ TEST(SieveReplay, LoginMechanismWhenPlainIsNotOffered) {
   EXPECT_EQ(feed(*replay, "OK \"Logged in.\"\r\n").step, LoginReplay::Step::Accepted);
 }
 
+TEST(SieveReplay, TellsATrustingServerTheClientWithXclient) {
+  ReplayContext context;
+  context.clientIp = "2001:db8::7";
+  context.clientPort = 40000;
+  auto replay = makeSieveReplay(alice(), context);
+  auto asked = feed(*replay, "\"SASL\" \"PLAIN\"\r\n\"XCLIENT\"\r\nOK \"hi\"\r\n");
+  EXPECT_EQ(asked.toBackend, "XCLIENT ADDR=2001:db8::7 PORT=40000\r\n");
+  EXPECT_FALSE(replay->credentialsSent());
+  auto sent = feed(*replay, "OK \"Updated\"\r\n");
+  EXPECT_EQ(sent.toBackend, "AUTHENTICATE \"PLAIN\" \"" + kPlain + "\"\r\n");
+  // Not offered (an untrusting server): straight to AUTHENTICATE.
+  auto plain = makeSieveReplay(alice(), context);
+  EXPECT_EQ(feed(*plain, kGreeting).toBackend, "AUTHENTICATE \"PLAIN\" \"" + kPlain + "\"\r\n");
+}
+
 TEST(SieveReplay, ARefusingGreetingFailsTheServer) {
   auto replay = makeSieveReplay(alice(), {});
   EXPECT_EQ(feed(*replay, "BYE \"Server shutting down\"\r\n").step, LoginReplay::Step::Failed);
