@@ -81,6 +81,13 @@ backend = "smtp-pool"
 # backend = "imap-pool"
 
 # [[listener]]
+# name = "sieve"
+# protocol = "sieve"          # ManageSieve (RFC 5804), standard port 4190
+# listen = "0.0.0.0:4190"
+# tls = "starttls"
+# backend = "sieve-pool"      # a [[backend]] with your Dovecot's managesieve port
+
+# [[listener]]
 # name = "submission"
 # protocol = "smtp"
 # listen = "0.0.0.0:587"

@@ -1,4 +1,4 @@
-"""The quickstart: real Dovecot and Postfix on loopback, postern in front of them with
+"""The quickstart: real Dovecot (IMAP, POP3, ManageSieve) and Postfix on loopback, postern in front of them with
 deploy/quickstart/postern.toml, one real client session through every listener, then the metrics.
 Run by tools/quickstart.sh; `--keep` leaves everything running until Ctrl-C."""
 
@@ -19,7 +19,10 @@ from harness import DOMAIN, PASSWORD, USER  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "deploy", "quickstart", "postern.toml")
 CERTS = os.path.join(ROOT, "deploy", "quickstart", "certs")
-BACKEND_PORTS = {"imap": 11143, "pop3": 11110, "smtp": 11025, "submission": 11587}
+BACKEND_PORTS = {"imap": 11143, "pop3": 11110, "smtp": 11025, "submission": 11587,
+                 "sieve": 24190}
+SIEVE_SCRIPT = 'require "fileinto";\nif header :contains "subject" "quickstart" {\n  fileinto "INBOX";\n}\n'
+
 
 
 def say(text):
@@ -83,6 +86,29 @@ def smtp_session(postern, listener, servers, login=False, tls=False):
     return f"{how}{', AUTH' if login else ''}, sent \"{subject}\"; delivered to the Maildir"
 
 
+def sieve_session(postern, listener, servers):
+    """The real ManageSieve client: upload a script, activate it, read it back."""
+    _, port = postern.address(listener)
+    work = os.path.join(servers.run, "sieve-connect")
+    os.makedirs(work, exist_ok=True)
+    local, back = os.path.join(work, "quickstart.sieve"), os.path.join(work, "back.sieve")
+    with open(local, "w") as f:
+        f.write(SIEVE_SCRIPT)
+    ca = os.path.join(CERTS, "ca.pem")
+    for args in (("--upload", "--localsieve", local, "--remotesieve", "quickstart"),
+                 ("--activate", "--remotesieve", "quickstart"),
+                 ("--download", "--remotesieve", "quickstart", "--localsieve", back)):
+        code, output = harness.sieve_connect(port, *args, cafile=ca)
+        if code != 0:
+            raise RuntimeError(f"sieve-connect {args[0]} exited with {code}: {output.strip()}")
+    with open(back) as f:
+        if f.read().replace("\r\n", "\n") != SIEVE_SCRIPT:
+            raise RuntimeError("the script read back differs from the one uploaded")
+    code, listing = harness.sieve_connect(port, "--list", cafile=ca)
+    return (f"STARTTLS, sieve-connect uploaded, activated and read back a script "
+            f"({' '.join(listing.split())})")
+
+
 def main():
     keep = "--keep" in sys.argv
     if not pki.Pki(CERTS).exists():
@@ -107,6 +133,7 @@ def main():
             ("imaps", lambda: imap_session(postern, "imaps", tls=True)),
             ("pop3s", lambda: pop3_session(postern, "pop3s", tls=True)),
             ("smtps", lambda: smtp_session(postern, "smtps", servers, login=True, tls=True)),
+            ("sieve", lambda: sieve_session(postern, "sieve", servers)),
         ]
         failed = 0
         for name, run in sessions:

@@ -517,6 +517,25 @@ def descriptors(postern):
     return count
 
 
+def sieve_connect(port, *args, user=USER, password=PASSWORD, cafile=None, timeout=60):
+    """Runs the real ManageSieve client (Debian sieve-connect) against 127.0.0.1:`port` (as
+    "localhost", the name the test certificates carry), the password on a pipe; with `cafile`
+    STARTTLS is verified against it, without one the channel is taken as it is (a local TLS
+    forwarder's plaintext side). Returns (exit code, output)."""
+    r, w = os.pipe()
+    os.write(w, (password + "\n").encode())
+    os.close(w)
+    command = ["sieve-connect", "--nosrv", "--server", "localhost", "--port", str(port),
+               "--user", user, "--passwordfd", str(r)]
+    command += ["--tlscafile", cafile] if cafile else ["--notlsverify"]
+    try:
+        done = subprocess.run(command + list(args), pass_fds=(r,), capture_output=True,
+                              text=True, timeout=timeout)
+    finally:
+        os.close(r)
+    return done.returncode, done.stdout + done.stderr
+
+
 def parse_metric(text, name, labels):
     total = 0.0
     found = False

@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -250,22 +249,11 @@ class SieveConnect(unittest.TestCase):
         self.forwarders.append(forwarder)
         return forwarder.port
 
-    def client(self, port, action, *args, user=USER, password=PASSWORD, implicit=False):
-        r, w = os.pipe()
-        os.write(w, (password + "\n").encode())
-        os.close(w)
-        command = ["sieve-connect", "--server", "localhost", "--port", str(port), "--user", user,
-                   "--passwordfd", str(r), action, *args]
-        if implicit:
-            command.insert(1, "--notlsverify")  # TLS is the forwarder's; this hop is loopback
-        else:
-            command[1:1] = ["--tlscafile", pki.path("ca.pem")]
-        try:
-            done = subprocess.run(command, pass_fds=(r,), capture_output=True, text=True,
-                                  timeout=CLIENT_TIMEOUT)
-        finally:
-            os.close(r)
-        return done.returncode, done.stdout + done.stderr
+    def client(self, port, action, *args, password=PASSWORD, implicit=False):
+        # Implicit TLS is the forwarder's; sieve-connect's own hop to it is loopback.
+        return harness.sieve_connect(port, action, *args, password=password,
+                                     cafile=None if implicit else pki.path("ca.pem"),
+                                     timeout=CLIENT_TIMEOUT)
 
     def round_trip(self, listener, implicit, mail=None, name=None):
         """Upload a script, list it, activate it, download it; the server holds it active."""
