@@ -7,7 +7,8 @@ CR, NUL, 0x01, 0x1f or 0x7f, or with that byte leading or trailing the line) and
 postern on one long-lived session per listener kind. For every row either postern refused it
 with one of its own refusals -- and it must have, when the line holds a control byte or claims
 the client's address, or asks to authenticate before TLS where TLS is required -- or the line
-was relayed, and then the same bytes are sent straight to the real Dovecot or Postfix on a
+was relayed, and then the same bytes are sent straight to the real Dovecot (IMAP, POP3,
+ManageSieve) or Postfix on a
 session in the same state: the reply class must be the same (the server read the line as
 postern did), and a line the server reads as authentication must never have been relayed
 before TLS on a listener that requires it.
@@ -85,7 +86,7 @@ def setUpModule():
         # Login mode learns its capabilities from the health checks: wait for each pool once.
         harness.wait_until(lambda: all(
             postern.metric("postern_health_checks_total", backend=pool, result="ok") >= 1
-            for pool in ("imap-pool", "pop3-pool", "submission-pool")), timeout=20)
+            for pool in ("imap-pool", "pop3-pool", "submission-pool", "sieve-pool")), timeout=20)
     except Exception:
         postern.cleanup()
         servers.stop()
@@ -118,6 +119,8 @@ def config():
         ("imaps", "imap", "implicit", "passthrough", "imap-pool"),
         ("pop3", "pop3", "none", "passthrough", "pop3-pool"),
         ("pop3-tls", "pop3", "starttls", "passthrough", "pop3-pool"),
+        ("sieve", "sieve", "none", "passthrough", "sieve-pool"),
+        ("sieve-tls", "sieve", "starttls", "passthrough", "sieve-pool"),
         ("mx", "smtp", "none", "passthrough", "mx-pool"),
         ("submission", "smtp", "starttls", "passthrough", "submission-pool"),
         ("imap-login", "imap", "none", "login", "imap-pool"),
@@ -125,12 +128,15 @@ def config():
         ("pop3-login", "pop3", "none", "login", "pop3-pool"),
         ("pop3-login-tls", "pop3", "starttls", "login", "pop3-pool"),
         ("submission-login", "smtp", "none", "login", "submission-pool"),
+        ("sieve-login", "sieve", "none", "login", "sieve-pool"),
+        ("sieve-login-tls", "sieve", "starttls", "login", "sieve-pool"),
         ("submission-login-tls", "smtp", "starttls", "login", "submission-pool"),
     ]
     for name, protocol, tls, mode, pool in listeners:
         text += (f'\n[[listener]]\nname = "{name}"\nprotocol = "{protocol}"\n'
                  f'listen = "127.0.0.1:0"\ntls = "{tls}"\nmode = "{mode}"\nbackend = "{pool}"\n')
     for name, port in (("imap-pool", servers.imap_port), ("pop3-pool", servers.pop3_port),
+                       ("sieve-pool", servers.sieve_port),
                        ("mx-pool", servers.smtp_port),
                        ("submission-pool", servers.submission_port)):
         text += (f'\n[[backend]]\nname = "{name}"\nservers = ["127.0.0.1:{port}"]\n'
@@ -335,6 +341,13 @@ POP3_VERBS = [
     ("PASS", b"wrongpw"), ("APOP", b"difftest 0123456789abcdef0123456789abcdef"),
     ("AUTH", b"PLAIN"), ("STLS", None), ("XCLIENT", b"ADDR=192.0.2.1"), ("CAPA", None),
     ("NOOP", None), ("USER", b"difftest"),
+]
+
+
+SIEVE_VERBS = [
+    ("AUTHENTICATE", b'"PLAIN"'),  # no initial response: the "" challenge is cancelled ("*")
+    ("STARTTLS", None), ("XCLIENT", b"ADDR=192.0.2.1"), ("CAPABILITY", None),
+    ("NOOP", b'"x"'), ("HAVESPACE", b'"a" 1'), ("LISTSCRIPTS", None), ("LOGOUT", None),
 ]
 
 
@@ -645,6 +658,101 @@ class Pop3(Dialect):
         return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
 
 
+class Sieve(Dialect):
+    """ManageSieve (RFC 5804): untagged commands, each answered by lines ending in OK/NO/BYE.
+    The sync is a NOOP with a TAG string, echoed back in its OK."""
+    name = "sieve"
+    claims = ("XCLIENT",)
+    auth_verbs = ("AUTHENTICATE",)
+    starttls_verb = "STARTTLS"
+    INVALID = b'NO "Invalid characters in command"'
+    NOT_PERMITTED = b'NO "Command not permitted"'
+    SYNTAX = b'NO "Syntax error in command"'
+    NEEDS_TLS = b'NO (ENCRYPT-NEEDED)'
+    GOAHEAD = b'OK "Begin TLS negotiation now."'
+
+    @staticmethod
+    def response(line):
+        return line.split(b" ", 1)[0].rstrip(b"\r\n").upper() in (b"OK", b"NO", b"BYE")
+
+    def list_until_response(self, conn):
+        lines = [conn.line()]
+        while not self.response(lines[-1]):
+            lines.append(conn.line())
+        return lines
+
+    def open(self, address, starttls, source=None):
+        c = Conn(address, source)
+        greeting = self.list_until_response(c)
+        assert greeting[-1].startswith(b"OK"), greeting
+        if starttls:
+            c.send(b"STARTTLS\r\n")
+            reply = c.line()
+            assert reply.startswith(self.GOAHEAD), reply
+            c.starttls()
+            again = self.list_until_response(c)  # RFC 5804 §2.2: the list, unasked
+            assert again[-1].startswith(b"OK"), again
+        return c
+
+    @staticmethod
+    def classify(line):
+        word = line.split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        if word == b"BYE":
+            return "END"
+        return word.decode("latin-1") if word in (b"OK", b"NO") else "OTHER"
+
+    def _exchange(self, conn, row, n):
+        conn.send(row.data + b"\r\n")
+        first = conn.line()
+        if chomp(first) == b'""':
+            # A SASL challenge: cancel the exchange, its NO ends it.
+            out = Outcome("CONT", chomp(first), [first])
+            conn.send(b'"*"\r\n')
+            out.lines += self.list_until_response(conn)
+        else:
+            lines = [first] if self.response(first) else [first] + self.list_until_response(conn)
+            out = Outcome(self.classify(lines[-1]), chomp(lines[-1]), lines)
+        if out.cls == "END":
+            out.ended = True
+            try:
+                conn.rest()
+            except socket.timeout:
+                pass
+            return out
+        try:
+            sync = f'"s{n}"'.encode()
+            conn.send(b"NOOP " + sync + b"\r\n")
+            reply = conn.until(b"OK (TAG " + sync + b")")
+            out.extra = [chomp(x) for x in reply[:-1] if self.response(x)]
+        except (Closed, socket.timeout):
+            out.ended = True
+        return out
+
+    def refusal(self, out, row):
+        return out.first in (self.INVALID, self.NOT_PERMITTED, self.SYNTAX) or \
+            out.first.startswith(self.NEEDS_TLS)
+
+    def is_invalid(self, out, row):
+        return out.first == self.INVALID
+
+    def is_not_permitted(self, out):
+        # A claim with a tab or a leading space is refused as it stands, before its verb counts.
+        return out.first in (self.NOT_PERMITTED, self.SYNTAX, self.INVALID)
+
+    def is_needs_tls(self, out, row):
+        return out.first.startswith(self.NEEDS_TLS)
+
+    def is_goahead(self, out):
+        return out.first.startswith(self.GOAHEAD)
+
+    def server_read_auth(self, out):
+        return out.cls in ("OK", "CONT") or (
+            out.cls == "NO" and b"Error in MANAGESIEVE command" not in out.first)
+
+    def static_needs_tls(self, row):
+        return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
+
+
 # --- the differential table ---------------------------------------------------------------------
 class Table:
     """Rows through postern on one long-lived session, relayed rows again straight to the
@@ -845,6 +953,7 @@ def build_tables():
     smtp = Smtp()
     imap = Imap()
     pop3 = Pop3()
+    sieve = Sieve()
     specs = [
         ("smtp_mx", "smtp mx (plaintext)", smtp, line_rows(SMTP_VERBS), "mx",
          servers.smtp_port, False, False, False),
@@ -864,13 +973,19 @@ def build_tables():
          "pop3-tls", servers.pop3_port, True, False, True),
         ("pop3_after_tls", "pop3 starttls, after STLS", pop3, line_rows(POP3_VERBS),
          "pop3-tls", servers.pop3_port, True, True, True),
+        ("sieve_plain", "sieve (plaintext)", sieve, line_rows(SIEVE_VERBS), "sieve",
+         servers.sieve_port, False, False, False),
+        ("sieve_before_tls", "sieve starttls, before TLS", sieve, line_rows(SIEVE_VERBS),
+         "sieve-tls", servers.sieve_port, True, False, True),
+        ("sieve_after_tls", "sieve starttls, after STARTTLS", sieve, line_rows(SIEVE_VERBS),
+         "sieve-tls", servers.sieve_port, True, True, True),
     ]
     return {key: Table(title, dialect, rows, listener, port, starttls, after, require)
             for key, title, dialect, rows, listener, port, starttls, after, require in specs}
 
 
 class DifferentialTable(unittest.TestCase):
-    """All nine tables run side by side (each on its own sessions); each test reports one."""
+    """All twelve tables run side by side (each on its own sessions); each test reports one."""
 
     @classmethod
     def setUpClass(cls):
@@ -948,6 +1063,16 @@ class DifferentialTable(unittest.TestCase):
     def test_pop3_after_tls(self):
         self.check("pop3_after_tls", ("CAPA", "USER", "AUTH"))
 
+    def test_sieve_plain(self):
+        self.check("sieve_plain", ("CAPABILITY", "NOOP", "AUTHENTICATE", "HAVESPACE"))
+
+    def test_sieve_before_tls(self):
+        self.check("sieve_before_tls", ("CAPABILITY", "NOOP", "LISTSCRIPTS"))
+        self.assertGreaterEqual(TABLES["sieve_before_tls"].stats["goahead"], 1)
+
+    def test_sieve_after_tls(self):
+        self.check("sieve_after_tls", ("CAPABILITY", "NOOP", "AUTHENTICATE"))
+
 
 # --- control bytes where no server answers: login mode, and SMTP after authentication ----------
 class ControlBytes(unittest.TestCase):
@@ -984,6 +1109,11 @@ class ControlBytes(unittest.TestCase):
         rows = imap_rows(IMAP_VERBS, CONTROL_SEPARATORS, forms=("upper", "mixed"), prefix="c")
         self.run_listener(Imap(), "imap-login", rows, False)
         self.run_listener(Imap(), "imap-login-tls", rows, True)
+
+    def test_sieve_login_mode(self):
+        rows = line_rows(SIEVE_VERBS, CONTROL_SEPARATORS, forms=("upper", "mixed"))
+        self.run_listener(Sieve(), "sieve-login", rows, False)
+        self.run_listener(Sieve(), "sieve-login-tls", rows, True)
 
     def test_pop3_login_mode(self):
         rows = line_rows(POP3_VERBS, CONTROL_SEPARATORS, forms=("upper", "mixed"))

@@ -290,10 +290,12 @@ private:
   }
 
   SaslReplies saslReplies() const override {
-    return {"+ ", saslTag_ + " NO [CANNOT] Unsupported authentication mechanism\r\n",
+    return {"+ ",
+            saslTag_ + " NO [CANNOT] Unsupported authentication mechanism\r\n",
             saslTag_ + " BAD Invalid base64 data\r\n",
             saslTag_ + " NO [AUTHENTICATIONFAILED] Invalid authentication data\r\n",
-            saslTag_ + " BAD Authentication cancelled\r\n"};
+            saslTag_ + " BAD Authentication cancelled\r\n",
+            ""};
   }
 
   void saslCaptured(Credentials credentials, LoginOutput& out) override {

@@ -156,8 +156,12 @@ private:
   }
 
   SaslReplies saslReplies() const override {
-    return {"+ ", "-ERR Unsupported authentication mechanism\r\n", "-ERR Invalid base64 data\r\n",
-            "-ERR [AUTH] Invalid authentication data\r\n", "-ERR Authentication cancelled\r\n"};
+    return {"+ ",
+            "-ERR Unsupported authentication mechanism\r\n",
+            "-ERR Invalid base64 data\r\n",
+            "-ERR [AUTH] Invalid authentication data\r\n",
+            "-ERR Authentication cancelled\r\n",
+            ""};
   }
 
   std::string user_;

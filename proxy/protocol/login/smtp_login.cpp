@@ -143,10 +143,12 @@ private:
   }
 
   SaslReplies saslReplies() const override {
-    return {"334 ", "504 5.5.4 Unsupported authentication mechanism\r\n",
+    return {"334 ",
+            "504 5.5.4 Unsupported authentication mechanism\r\n",
             "501 5.5.2 Error: invalid base64 data\r\n",
             "535 5.7.8 Error: authentication failed: invalid authentication data\r\n",
-            "501 5.7.0 Error: authentication cancelled\r\n"};
+            "501 5.7.0 Error: authentication cancelled\r\n",
+            ""};
   }
 
   void saslCaptured(Credentials credentials, LoginOutput& out) override {
