@@ -15,7 +15,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace session {
@@ -46,28 +48,48 @@ struct BackendSocket {
   }
 };
 
+// A backend scripted for one test (see ScriptedServer), and how the pool reaches it.
+struct Scripted {
+  std::string greeting;
+  std::map<std::string, std::string> replies;
+  config::TlsMode tls = config::TlsMode::None;
+};
+
 class Harness : public SessionOwner {
 public:
-  // `connectTimeout`: how long the backend has to greet (the backend socket never does).
-  explicit Harness(std::chrono::milliseconds connectTimeout = std::chrono::seconds(5))
+  // `connectTimeout`: how long the backend has to greet. Without `scripted` the backend is a
+  // socket that accepts and never says anything; the listener is SMTP, the pool sends XCLIENT
+  // (the path that once parsed the client address from text).
+  explicit Harness(std::chrono::milliseconds connectTimeout = std::chrono::seconds(5),
+                   std::optional<Scripted> scripted = std::nullopt,
+                   config::Protocol protocol = config::Protocol::Smtp)
       : registry_("test") {
     uv_loop_init(&loop_);
     net::attachLoopContext(&loop_, &loopContext_);
     config::Backend backend;
     backend.name = "pool";
-    backend.servers.push_back({"127.0.0.1", backendSocket_.port});
-    backend.smtp_xclient = true; // the path that parsed the address from text
+    std::uint16_t port = backendSocket_.port;
+    if (scripted) {
+      scripted_ = std::make_unique<testing_support::ScriptedServer>(&loop_, scripted->greeting,
+                                                                    scripted->replies);
+      port = ntohs(reinterpret_cast<const sockaddr_in*>(&scripted_->address())->sin_port);
+      backend.tls = scripted->tls;
+      backend.tls_verify = false;
+    }
+    backend.servers.push_back({"127.0.0.1", port});
+    backend.smtp_xclient = protocol == config::Protocol::Smtp;
     backend.connect_timeout = connectTimeout;
     backend.retries = 0;
     pool_ = std::make_shared<backend::Pool>(backend, registry_);
+    const char* name = protocol::info(protocol).name;
     context_ = std::make_shared<ListenerContext>();
-    context_->config.name = "smtp";
-    context_->config.protocol = config::Protocol::Smtp;
+    context_->config.name = name;
+    context_->config.protocol = protocol;
     context_->config.backend = "pool";
-    context_->protocol = &protocol::info(config::Protocol::Smtp);
+    context_->protocol = &protocol::info(protocol);
     context_->pool = pool_;
     context_->clientLimits = std::make_shared<ClientLimits>(100, 1000);
-    context_->metrics = registry_.listener("smtp", "smtp", 25, "none");
+    context_->metrics = registry_.listener(name, name, 25, "none");
 
     uv_tcp_init(&loop_, &listener_);
     listener_.data = this;
@@ -76,6 +98,7 @@ public:
 
   ~Harness() {
     sessions_.clear();
+    scripted_.reset();
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     loopClosed_ = uv_loop_close(&loop_);
@@ -116,12 +139,39 @@ public:
     }
   }
 
+  // Reads from `fd` until `text` has arrived (or the peer closed), turning the loop meanwhile.
+  std::string readUntil(int fd, std::string_view text) {
+    std::string got;
+    char chunk[512];
+    for (int turn = 0; turn < 3000 && got.find(text) == std::string::npos; ++turn) {
+      uv_run(&loop_, UV_RUN_NOWAIT);
+      ssize_t n = ::recv(fd, chunk, sizeof chunk, MSG_DONTWAIT);
+      if (n == 0) {
+        break;
+      }
+      if (n > 0) {
+        got.append(chunk, static_cast<std::size_t>(n));
+      } else {
+        usleep(1000); // nothing yet; the loop's next turn may write it
+      }
+    }
+    return got;
+  }
+
+  // What the server does at SIGTERM once the grace is over: every session ends now.
+  void shutdownSessions() {
+    for (auto& session : sessions_) {
+      session->shutdown();
+    }
+  }
+
   void onSessionClosed(Session&) override { ++closed_; }
 
   std::string metrics() const { return registry_.render(); }
   std::size_t closed() const { return closed_; }
   std::size_t started() const { return started_; }
   bool reachedBackend() const { return backendSocket_.connectedTo(); }
+  const testing_support::ScriptedServer& scripted() const { return *scripted_; }
   static int loopClosed() { return loopClosed_; }
 
 private:
@@ -141,6 +191,7 @@ private:
   net::LoopContext loopContext_{};
   metrics::Registry registry_;
   BackendSocket backendSocket_;
+  std::unique_ptr<testing_support::ScriptedServer> scripted_;
   std::shared_ptr<backend::Pool> pool_;
   std::shared_ptr<ListenerContext> context_;
   uv_tcp_t listener_{};
@@ -206,6 +257,90 @@ TEST(Session, ABackendThatNeverGreetsTimesOut) {
         metrics.find("postern_backend_errors_total{backend=\"pool\",reason=\"timeout\"");
     ASSERT_NE(at, std::string::npos) << metrics;
     EXPECT_TRUE(metrics.substr(at, metrics.find('\n', at) - at).ends_with(" 1")) << metrics;
+  }
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// The series `name{labels}` has the value `value` in `metrics`.
+bool hasSeries(const std::string& metrics, const std::string& series, int value) {
+  std::size_t at = metrics.find(series + " ");
+  return at != std::string::npos &&
+         metrics.substr(at, metrics.find('\n', at) - at) == series + " " + std::to_string(value);
+}
+
+// Backend STARTTLS where the server closes instead of answering STARTTLS: a failed backend,
+// never a plaintext session; the client hears IMAP's "temporarily unavailable" and nothing the
+// server said before TLS.
+TEST(Session, ABackendThatDiesMidStarttlsIsAFailedBackend) {
+  {
+    Harness harness(std::chrono::seconds(5),
+                    Scripted{"* OK [ALERT] plaintext greeting\r\n",
+                             {{"P1 CAPABILITY\r\n", "* CAPABILITY IMAP4rev1 STARTTLS\r\nP1 OK\r\n"},
+                              {"P2 STARTTLS\r\n", "<close>"}},
+                             config::TlsMode::StartTls},
+                    config::Protocol::Imap);
+    int client = harness.connectClient();
+    std::string said = harness.readUntil(client, "\r\n");
+    harness.runUntilClosed(1);
+    ::close(client);
+    EXPECT_EQ(said, "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n");
+    EXPECT_EQ(harness.closed(), 1U);
+    EXPECT_NE(harness.scripted().received().find("P2 STARTTLS\r\n"), std::string::npos);
+    std::string metrics = harness.metrics();
+    EXPECT_TRUE(hasSeries(
+        metrics, "postern_sessions_closed_total{listener=\"imap\",reason=\"backend_unavailable\"}",
+        1))
+        << metrics;
+    // The close counts against the server (its series' labels end with the server's address).
+    std::size_t at =
+        metrics.find("postern_backend_errors_total{backend=\"pool\",reason=\"closed\"");
+    ASSERT_NE(at, std::string::npos) << metrics;
+    EXPECT_TRUE(metrics.substr(at, metrics.find('\n', at) - at).ends_with(" 1")) << metrics;
+  }
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// At shutdown a session whose dialogue postern still parses hears the protocol's goodbye, and
+// ends as `shutdown`.
+TEST(Session, ShutdownSaysGoodbyeWhilePosternHoldsTheDialogue) {
+  {
+    Harness harness(std::chrono::seconds(5), Scripted{"* OK ready\r\n", {}},
+                    config::Protocol::Imap);
+    int client = harness.connectClient();
+    EXPECT_EQ(harness.readUntil(client, "\r\n"), "* OK ready\r\n");
+    harness.shutdownSessions();
+    std::string goodbye = harness.readUntil(client, "\r\n");
+    ::close(client);
+    EXPECT_EQ(goodbye, "* BYE [UNAVAILABLE] Server shutting down\r\n");
+    EXPECT_EQ(harness.closed(), 1U);
+    harness.settle();
+    EXPECT_TRUE(harness.scripted().peerEnded()); // the backend connection went with it
+    EXPECT_TRUE(hasSeries(harness.metrics(),
+                          "postern_sessions_closed_total{listener=\"imap\",reason=\"shutdown\"}",
+                          1))
+        << harness.metrics();
+  }
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// A client that resets mid-session: its session ends as client_closed and the backend
+// connection is closed with it (no descriptor left behind).
+TEST(Session, AClientResetMidSessionClosesTheBackendToo) {
+  {
+    Harness harness(std::chrono::seconds(5), Scripted{"+OK ready\r\n", {}}, config::Protocol::Pop3);
+    int client = harness.connectClient();
+    EXPECT_EQ(harness.readUntil(client, "\r\n"), "+OK ready\r\n");
+    linger reset{1, 0};
+    ::setsockopt(client, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(client);
+    harness.runUntilClosed(1);
+    EXPECT_EQ(harness.closed(), 1U);
+    harness.settle();
+    EXPECT_TRUE(harness.scripted().peerEnded());
+    EXPECT_TRUE(
+        hasSeries(harness.metrics(),
+                  "postern_sessions_closed_total{listener=\"pop3\",reason=\"client_closed\"}", 1))
+        << harness.metrics();
   }
   EXPECT_EQ(Harness::loopClosed(), 0);
 }

@@ -62,6 +62,8 @@ public:
   }
   const sockaddr_storage& address() const { return address_; }
   const std::string& received() const { return received_; }
+  // The connected peer has closed or reset its side.
+  bool peerEnded() const { return peerEnded_; }
 
 private:
   static void onConnection(uv_stream_t* server, int status) noexcept {
@@ -91,6 +93,7 @@ private:
     auto* self = static_cast<ScriptedServer*>(stream->data);
     if (nread <= 0) {
       if (nread < 0) {
+        self->peerEnded_ = true;
         self->closeClient();
       }
       return;
@@ -154,6 +157,7 @@ private:
   sockaddr_storage address_{};
   bool connected_ = false;
   bool closed_ = false;
+  bool peerEnded_ = false;
   std::string received_;
   std::string pending_;
   char buffer_[4096];
