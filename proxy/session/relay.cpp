@@ -8,7 +8,7 @@
 namespace session {
 
 void Session::onBackendRead(std::span<const char> data) {
-  if (phase_ == Phase::Connecting) {
+  if (phase() == Phase::Connecting) {
     // Login mode: the replay speaks with the server until its verdict.
     if (login_ != nullptr && login_->replay != nullptr) {
       replayStep(login_->replay->fromBackend(data));
@@ -20,9 +20,10 @@ void Session::onBackendRead(std::span<const char> data) {
 
 bool Session::becomeReady() {
   // The first bytes are the greeting: the backend is usable, the client may talk now.
-  phase_ = Phase::Relaying;
   std::uint64_t now = timer_->now();
-  listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt_) / 1000.0);
+  std::uint64_t connectStartedAt = std::get<Connecting>(state_).startedAt;
+  enter<Relaying>();
+  listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt) / 1000.0);
   if (filter_ == nullptr) {
     preauthDone_ = true;
   }
@@ -31,13 +32,13 @@ bool Session::becomeReady() {
     close(metrics::CloseReason::ClientClosed);
     return false;
   }
-  if (!earlyClient_.empty() && phase_ == Phase::Relaying) {
+  if (!earlyClient_.empty() && phase() == Phase::Relaying) {
     std::string early;
     early.swap(earlyClient_);
     onClientRead(early);
   }
   // Bytes the client sent early may have ended the session while being relayed.
-  return phase_ != Phase::Closed;
+  return phase() != Phase::Closed;
 }
 
 void Session::relayFromBackend(std::span<const char> data) {
@@ -60,18 +61,18 @@ void Session::relayFromBackend(std::span<const char> data) {
 }
 
 void Session::onClientRead(std::span<const char> data) {
-  if (phase_ == Phase::ProxyHeader) {
+  if (phase() == Phase::ProxyHeader) {
     readProxyHeader(data);
     return;
   }
-  if (login_ != nullptr && login_->dialogue != nullptr && phase_ != Phase::Closed) {
+  if (login_ != nullptr && login_->dialogue != nullptr && phase() != Phase::Closed) {
     // postern's own dialogue; while a login is replayed the bytes wait in the dialogue.
     lastActivity_ = timer_->now();
     login_->dialogue->fromClient(data, login_->output);
     applyLogin();
     return;
   }
-  if (phase_ != Phase::Relaying) {
+  if (phase() != Phase::Relaying) {
     return;
   }
   lastActivity_ = timer_->now();
@@ -155,21 +156,24 @@ void Session::apply(protocol::Output& out) {
 }
 
 void Session::onClientDrained() {
-  if (phase_ == Phase::Login && login_ != nullptr && !login_->credentials && !login_->delaying) {
+  if (phase() == Phase::Login && login_ != nullptr && !login_->credentials && !login_->delaying) {
     client_->startReading();
     return;
   }
-  if (phase_ == Phase::Relaying && !backendEnded_ && backend_ != nullptr) {
+  Relaying* relaying = in<Relaying>();
+  if (relaying == nullptr || backend_ == nullptr) {
+    return;
+  }
+  if (!relaying->backendEnded) {
     backend_->startReading();
   }
-  if (phase_ == Phase::Relaying && !clientEnded_ && backend_ != nullptr &&
-      backend_->pendingBytes() <= net::ByteStream::kHighWater) {
+  if (!relaying->clientEnded && backend_->pendingBytes() <= net::ByteStream::kHighWater) {
     client_->startReading();
   }
 }
 
 void Session::onBackendDrained() {
-  if (phase_ == Phase::Relaying && !clientEnded_) {
+  if (Relaying* relaying = in<Relaying>(); relaying != nullptr && !relaying->clientEnded) {
     client_->startReading();
   }
 }
@@ -177,44 +181,49 @@ void Session::onBackendDrained() {
 // Half-close: the side that finished sending has its FIN passed on once its bytes are through;
 // the session ends when both directions have finished.
 void Session::onClientEnd() {
-  if (phase_ != Phase::Relaying) {
+  if (phase() != Phase::Relaying) {
     // (Before a PROXY header was complete this is a refused connection, counted as such.)
     close(metrics::CloseReason::ClientClosed);
     return;
   }
-  clientEnded_ = true;
+  std::get<Relaying>(state_).clientEnded = true;
   if (filter_ != nullptr) {
     filter_->clientEnded(output_);
     apply(output_);
-    if (phase_ == Phase::Closed) {
+    if (phase() != Phase::Relaying) {
       return;
     }
   }
   backend_->shutdownWrite();
-  finishIfBothEnded(backendEnded_ ? metrics::CloseReason::BackendClosed
-                                  : metrics::CloseReason::ClientClosed);
+  finishIfBothEnded(std::get<Relaying>(state_).backendEnded ? metrics::CloseReason::BackendClosed
+                                                            : metrics::CloseReason::ClientClosed);
 }
 
 void Session::onBackendEnd() {
-  if (phase_ == Phase::Connecting) {
+  if (phase() == Phase::Connecting) {
     backendFailed(metrics::BackendError::Closed, "closed before the greeting");
     return;
   }
-  backendEnded_ = true;
+  Relaying* relaying = in<Relaying>();
+  if (relaying == nullptr) {
+    return;
+  }
+  relaying->backendEnded = true;
   if (filter_ != nullptr) {
     filter_->backendEnded(output_);
     apply(output_);
-    if (phase_ == Phase::Closed) {
+    if (phase() != Phase::Relaying) {
       return;
     }
   }
   client_->shutdownWrite();
-  finishIfBothEnded(clientEnded_ ? metrics::CloseReason::ClientClosed
-                                 : metrics::CloseReason::BackendClosed);
+  finishIfBothEnded(std::get<Relaying>(state_).clientEnded ? metrics::CloseReason::ClientClosed
+                                                           : metrics::CloseReason::BackendClosed);
 }
 
 void Session::finishIfBothEnded(metrics::CloseReason reason) {
-  if (clientEnded_ && backendEnded_) {
+  if (Relaying* relaying = in<Relaying>();
+      relaying != nullptr && relaying->clientEnded && relaying->backendEnded) {
     close(reason);
   }
 }

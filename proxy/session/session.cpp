@@ -32,7 +32,7 @@ Session::~Session() {
 bool Session::start(uv_stream_t* listening) {
   net::TcpStream* tcp = net::TcpStream::accept(listening, &clientSide_);
   if (tcp == nullptr) {
-    phase_ = Phase::Closed;
+    enter<Closed>();
     return false;
   }
   client_ = tcp;
@@ -67,7 +67,7 @@ bool Session::start(uv_stream_t* listening) {
       close(metrics::CloseReason::ProtocolError);
       return true;
     }
-    phase_ = Phase::ProxyHeader;
+    enter<AwaitingProxyHeader>();
     timer_->start(listener_.config.limits.preauth_timeout);
     client_->startReading();
     return true;
@@ -118,14 +118,15 @@ void Session::begin() {
   } else if (loginMode()) {
     startLogin();
   } else {
-    phase_ = Phase::Connecting;
+    enter<Connecting>();
     connectBackend();
   }
 }
 
 void Session::readProxyHeader(std::span<const char> data) {
-  proxyHeader_.append(data.data(), data.size());
-  protocol::ProxyHeader header = protocol::parseProxyHeader(proxyHeader_);
+  std::string& received = std::get<AwaitingProxyHeader>(state_).received;
+  received.append(data.data(), data.size());
+  protocol::ProxyHeader header = protocol::parseProxyHeader(received);
   if (header.status == protocol::ProxyHeader::Status::NeedMore) {
     return;
   }
@@ -141,15 +142,14 @@ void Session::readProxyHeader(std::span<const char> data) {
     clientLocal_ = header.destination;
     clientAddress_ = net::formatAddress(clientPeer_);
   }
-  std::string rest = proxyHeader_.substr(header.consumed);
-  std::string().swap(proxyHeader_);
+  std::string rest = received.substr(header.consumed);
   timer_->stop();
   client_->pauseReading();
   begin();
-  if (rest.empty() || phase_ == Phase::Closed) {
+  if (rest.empty() || phase() == Phase::Closed) {
     return;
   }
-  if (phase_ == Phase::Handshaking) {
+  if (phase() == Phase::Handshaking) {
     static_cast<net::TlsStream*>(client_)->receive(rest); // the start of the ClientHello
   } else {
     earlyClient_ = std::move(rest); // relayed once the backend has greeted
@@ -159,7 +159,7 @@ void Session::readProxyHeader(std::span<const char> data) {
 // Implicit TLS: the handshake comes first; the backend is only connected for a client that
 // completed it, so a port scan or plaintext on a TLS port never reaches a backend.
 void Session::startTls(net::TcpStream* tcp) {
-  phase_ = Phase::Handshaking;
+  enter<Handshaking>();
   tlsContext_ = *listener_.tls;
   SSL* ssl = tlsContext_->newSsl(listener_.protocol->alpn);
   if (ssl == nullptr) {
@@ -196,7 +196,7 @@ void Session::onClientSecured() {
     }
     return;
   }
-  if (phase_ != Phase::Handshaking) {
+  if (phase() != Phase::Handshaking) {
     return;
   }
   timer_->stop();
@@ -213,7 +213,7 @@ void Session::onClientSecured() {
   }
   // The client has nothing to say before the backend's greeting; it waits in the kernel.
   client_->pauseReading();
-  phase_ = Phase::Connecting;
+  enter<Connecting>();
   connectBackend();
 }
 
@@ -247,7 +247,11 @@ void Session::connectBackend() {
     return;
   }
   tried_.push_back(server_);
-  connectStartedAt_ = timer_->now();
+  Connecting* connecting = in<Connecting>();
+  if (connecting == nullptr) {
+    connecting = &enter<Connecting>();
+  }
+  connecting->startedAt = timer_->now();
   timer_->start(listener_.pool->config().connect_timeout);
   const config::Backend& pool = listener_.pool->config();
   backend::ConnectSpec spec;
@@ -262,9 +266,9 @@ void Session::connectBackend() {
   if (listener_.protocol->hasXclient && pool.smtp_xclient) {
     spec.xclient = xclientCommandForClient();
   }
-  connector_ = std::make_unique<backend::Connector>(
+  connecting->connector = std::make_unique<backend::Connector>(
       loop_, std::move(spec), static_cast<backend::Connector::Handler&>(backendSide_));
-  connector_->start();
+  connecting->connector->start(); // (may report a failure, and so end this phase, at once)
 }
 
 void Session::releaseBackend() {
@@ -272,7 +276,9 @@ void Session::releaseBackend() {
     backend_->close();
     backend_ = nullptr;
   }
-  connector_.reset();
+  if (Connecting* connecting = in<Connecting>()) {
+    connecting->connector.reset();
+  }
   backendTls_ = nullptr;
   if (login_ != nullptr) {
     login_->replay.reset();
@@ -311,7 +317,7 @@ void Session::backendFailed(metrics::BackendError reason, const std::string& det
 
 // The server is reachable and greeted (or its greeting was read by STARTTLS/XCLIENT).
 void Session::onBackendReady(backend::Connector::Ready ready) {
-  connector_.reset();
+  std::get<Connecting>(state_).connector.reset(); // (its last callback: this one)
   backend_ = ready.stream;
   backend_->setHandler(&backendSide_);
   backendTls_ = ready.tls;
@@ -342,7 +348,7 @@ void Session::onBackendReady(backend::Connector::Ready ready) {
 // SPEC §5, §7: a connect, TLS, STARTTLS or greeting failure makes a failed server; another may
 // serve (backend STARTTLS fails closed: never a plaintext session).
 void Session::onBackendFailed(const backend::Connector::Failure& failure) {
-  connector_.reset();
+  std::get<Connecting>(state_).connector.reset(); // (its last callback: this one)
   if (failure.startTls) {
     listener_.metrics.startTls(metrics::StartTlsSide::Backend, *failure.startTls);
   }
@@ -380,7 +386,7 @@ void Session::onClientError(int status) {
     handshakeFailed(status == net::kTlsFailure ? clientTls_->error() : uv_strerror(status));
     return;
   }
-  if (phase_ == Phase::Handshaking) {
+  if (phase() == Phase::Handshaking) {
     if (!static_cast<const net::TlsStream*>(client_)->heardFromPeer()) {
       // SPEC §6: a connection that closes before sending a byte (a load balancer's TCP check,
       // a port scan) is no failed handshake: the client simply closed.
@@ -405,7 +411,7 @@ void Session::onClientError(int status) {
 }
 
 void Session::onBackendError(int status) {
-  if (phase_ == Phase::Connecting) {
+  if (phase() == Phase::Connecting) {
     // (During a login replay; the connector reports its own failures.)
     if (status == net::kTlsFailure) {
       backendFailed(metrics::BackendError::Tls,
@@ -422,7 +428,7 @@ void Session::onBackendError(int status) {
 }
 
 void Session::onTimer() {
-  switch (phase_) {
+  switch (phase()) {
   case Phase::ProxyHeader:
     logging::warn(
         "PROXY header refused",
@@ -481,7 +487,7 @@ void Session::armTimer() {
 void Session::preauthOver() {
   if (!preauthDone_) {
     preauthDone_ = true;
-    if (phase_ == Phase::Relaying) {
+    if (phase() == Phase::Relaying) {
       armTimer();
     }
   }
@@ -490,8 +496,8 @@ void Session::preauthOver() {
 void Session::shutdown() {
   // SPEC §9: the protocol's goodbye where postern still holds the dialogue (before the backend
   // greeted, or while the session is still parsed); after that it would land mid-stream.
-  bool parsed = phase_ == Phase::Connecting || phase_ == Phase::Login ||
-                (phase_ == Phase::Relaying && filter_ != nullptr);
+  bool parsed = phase() == Phase::Connecting || phase() == Phase::Login ||
+                (phase() == Phase::Relaying && filter_ != nullptr);
   if (parsed && client_ != nullptr && !clientUpgrading_) {
     client_->write(listener_.protocol->shuttingDown);
   }
@@ -499,10 +505,11 @@ void Session::shutdown() {
 }
 
 void Session::close(metrics::CloseReason reason) {
-  if (phase_ == Phase::Closed) {
+  if (phase() == Phase::Closed) {
     return;
   }
-  phase_ = Phase::Closed;
+  // Whatever the phase held goes now (a connector closes its connection).
+  enter<Closed>();
   std::uint64_t now = timer_->now();
   double seconds = static_cast<double>(now - startedAt_) / 1000.0;
   std::string backendAddress = server_ != nullptr ? server_->addressText : "";

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace session {
@@ -73,7 +74,7 @@ public:
   // Ends the session at shutdown, with the protocol's goodbye where postern holds the dialogue.
   void shutdown();
 
-  Phase phase() const { return phase_; }
+  Phase phase() const { return static_cast<Phase>(state_.index()); }
 
 private:
   // The two connections report through these, so the session knows which side spoke.
@@ -160,6 +161,28 @@ private:
   void loginUnavailable(metrics::BackendError reason, const std::string& detail);
   std::string throttleUser() const;
 
+  // What exists only in one phase (the alternatives in Phase's order).
+  struct AwaitingProxyHeader {
+    std::string received; // the header so far (SPEC §8 bounds it)
+  };
+  struct Handshaking {};
+  struct InLogin {};
+  struct Connecting {
+    // Connects the chosen server (PROXY header, TLS, STARTTLS, XCLIENT, greeting); null once
+    // the server is ready (login mode then replays the credentials, still Connecting).
+    std::unique_ptr<backend::Connector> connector;
+    std::uint64_t startedAt = 0; // loop clock, ms
+  };
+  struct Relaying {
+    bool clientEnded = false; // the client finished sending (its FIN was passed on)
+    bool backendEnded = false;
+  };
+  struct Closed {};
+  using State =
+      std::variant<AwaitingProxyHeader, Handshaking, InLogin, Connecting, Relaying, Closed>;
+  template <typename Next> Next& enter() { return state_.emplace<Next>(); }
+  template <typename Current> Current* in() { return std::get_if<Current>(&state_); }
+
   SessionOwner& owner_;
   std::shared_ptr<ListenerContext> listenerRef_;
   ListenerContext& listener_;
@@ -169,9 +192,6 @@ private:
   net::ByteStream* client_ = nullptr;
   net::ByteStream* backend_ = nullptr;
   net::TcpStream* clientTcp_ = nullptr; // the TCP under client_ (STARTTLS wraps it)
-  // Connects the chosen server (PROXY header, TLS, STARTTLS, XCLIENT, greeting); null once
-  // backend_ is ready.
-  std::unique_ptr<backend::Connector> connector_;
   // Reads the dialogue until nothing is left to rewrite; null once the session only relays.
   std::unique_ptr<protocol::Filter> filter_;
   protocol::Output output_;
@@ -183,18 +203,14 @@ private:
   net::Timer* timer_ = nullptr;
   backend::Server* server_ = nullptr;
   std::vector<const backend::Server*> tried_;
-  Phase phase_ = Phase::Connecting;
-  std::uint64_t startedAt_ = 0;        // loop clock, ms
-  std::uint64_t connectStartedAt_ = 0; // loop clock, ms
-  std::uint64_t lastActivity_ = 0;     // loop clock, ms
-  std::uint64_t bytesIn_ = 0;          // client to backend
-  std::uint64_t bytesOut_ = 0;         // backend to client
-  bool clientEnded_ = false;
-  bool backendEnded_ = false;
+  State state_{std::in_place_type<Connecting>};
+  std::uint64_t startedAt_ = 0;    // loop clock, ms
+  std::uint64_t lastActivity_ = 0; // loop clock, ms
+  std::uint64_t bytesIn_ = 0;      // client to backend
+  std::uint64_t bytesOut_ = 0;     // backend to client
   std::string clientAddress_;
   sockaddr_storage clientPeer_{};  // the real client (from a trusted PROXY header, if any)
   sockaddr_storage clientLocal_{}; // the address it connected to
-  std::string proxyHeader_;        // a PROXY header being read
   std::string earlyClient_;        // client bytes that came with the PROXY header
   bool accepted_ = false;          // counted as accepted (not refused before that)
   metrics::RejectReason rejectReason_ = metrics::RejectReason::ProxyHeader;

@@ -17,13 +17,13 @@ protocol::Policy Session::listenerPolicy() const {
 }
 
 void Session::startLogin() {
-  phase_ = Phase::Login;
+  enter<InLogin>();
   filter_.reset();
   login_->dialogue =
       listener_.protocol->makeLogin(listenerPolicy(), {listener_.pool->commonCapabilities()});
   login_->dialogue->greet(login_->output);
   applyLogin();
-  if (phase_ != Phase::Login) {
+  if (phase() != Phase::Login) {
     return;
   }
   armTimer();
@@ -120,7 +120,7 @@ void Session::credentialsCaptured(protocol::Credentials credentials, std::string
 }
 
 void Session::routeLogin() {
-  phase_ = Phase::Connecting;
+  enter<Connecting>();
   tried_.clear();
   connectBackend();
 }
@@ -196,7 +196,7 @@ void Session::loginAccepted(std::string verdict) {
     return;
   }
   preauthOver();
-  if (!rest.empty() && phase_ == Phase::Relaying) {
+  if (!rest.empty() && phase() == Phase::Relaying) {
     onClientRead(rest);
   }
 }
@@ -211,7 +211,7 @@ void Session::loginRejected(std::string verdict) {
   // The server keeps nothing of a failed login; a retry is routed afresh (the user may change).
   releaseBackend();
   tried_.clear();
-  phase_ = Phase::Login;
+  enter<InLogin>();
   if (client_->write(verdict) != 0) {
     close(metrics::CloseReason::ClientClosed);
     return;
@@ -219,7 +219,7 @@ void Session::loginRejected(std::string verdict) {
   armTimer();
   login_->dialogue->rejected(login_->output);
   applyLogin();
-  if (phase_ == Phase::Login && !login_->credentials && !login_->delaying) {
+  if (phase() == Phase::Login && !login_->credentials && !login_->delaying) {
     client_->startReading();
   }
 }
@@ -246,11 +246,11 @@ void Session::loginUnavailable(metrics::BackendError reason, const std::string& 
   login_->credentials.reset();
   releaseBackend();
   tried_.clear();
-  phase_ = Phase::Login;
+  enter<InLogin>();
   armTimer();
   login_->dialogue->unavailable(login_->output);
   applyLogin();
-  if (phase_ == Phase::Login && !login_->credentials && !login_->delaying) {
+  if (phase() == Phase::Login && !login_->credentials && !login_->delaying) {
     client_->startReading();
   }
 }

@@ -14,6 +14,7 @@ loopback; every client run is bounded; setUpModule/tearDownModule start and stop
 
 import base64
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -65,9 +66,14 @@ def setUpModule():
             d.start_dovecot()
         postern = harness.Postern(config())
         postern.start()
-        # Login mode learns the servers' capabilities from the health checks.
-        harness.wait_until(lambda: postern.metric("postern_health_checks_total",
-                                                  backend="sieve-pool", result="ok") >= 1)
+        # Login mode learns the servers' capabilities from the health checks: every pool's
+        # servers answered one before a test starts.
+        pools = {"sieve-pool": 1, "secure-starttls": 1, "secure-implicit": 1, "sieve-proxied": 1,
+                 "sieve-hash": 2, "imap-hash": 2}
+        ready = harness.wait_until(lambda: all(
+            postern.metric("postern_health_checks_total", backend=pool, result="ok") >= count
+            for pool, count in pools.items()), timeout=30)
+        assert ready, "a pool's health checks never succeeded"
     except Exception:
         tearDownModule()
         raise
@@ -131,7 +137,9 @@ def config():
 
 class TlsForwarder:
     """Accepts plaintext connections on loopback and relays each over TLS to `target` (what
-    stunnel's client mode does for clients that cannot speak implicit TLS themselves)."""
+    stunnel's client mode does for clients that cannot speak implicit TLS themselves). One
+    thread per connection does all of its reads and writes: an SSL object must never be read
+    in one thread while another writes it (OpenSSL forbids it; see test_real_clients.py)."""
 
     def __init__(self, target):
         self.target = target
@@ -150,38 +158,59 @@ class TlsForwarder:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            thread = threading.Thread(target=self.relay, args=(client,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def relay(self, client):
+        upstream = None
+        try:
             upstream = self.context.wrap_socket(socket.create_connection(self.target, timeout=10),
                                                 server_hostname="localhost")
             self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self.pump, args=(source, sink), daemon=True)
-                thread.start()
-                self.threads.append(thread)
-
-    @staticmethod
-    def pump(source, sink):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            upstream.setblocking(False)
+            while not self.stopping:
+                readable = [upstream] if upstream.pending() else \
+                    select.select([client, upstream], [], [], 30)[0]
+                if not readable:
+                    return
+                for source in readable:
+                    if source is client:
+                        data = client.recv(65536)
+                        if not data:
+                            return
+                        upstream.setblocking(True)
+                        upstream.sendall(data)
+                        upstream.setblocking(False)
+                        continue
+                    try:
+                        data = upstream.recv(65536)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        continue  # a TLS record that was no data (a session ticket, say)
+                    if not data:
+                        return
+                    client.sendall(data)
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
 
     def close(self):
         self.stopping = True
         self.listener.close()
         self.accepter.join(timeout=5)
         for thread in self.threads:
-            thread.join(timeout=5)
+            thread.join(timeout=35)
         for s in self.sockets:
-            s.close()
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 class Raw:
