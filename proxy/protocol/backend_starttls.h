@@ -49,6 +49,22 @@ std::unique_ptr<BackendStartTls> makeImapBackendStartTls();
 std::unique_ptr<BackendStartTls> makePop3BackendStartTls();
 std::unique_ptr<BackendStartTls> makeSmtpBackendStartTls(std::string_view hostname);
 
+// The server's answer to STARTTLS (`accepted`: its OK), read with what followed it in `reader`:
+// the go-ahead only when nothing followed (response injection: bytes after the go-ahead would
+// be read as if they came over TLS).
+inline BackendStartTls::Result answerToStartTls(bool accepted, std::string_view text,
+                                                const LineReader& reader) {
+  if (!accepted) {
+    return failed(BackendStartTls::Failure::Refused, "STARTTLS refused: " + std::string(text));
+  }
+  if (!reader.empty()) {
+    return failed(BackendStartTls::Failure::Injection, "bytes after the STARTTLS reply");
+  }
+  BackendStartTls::Result result;
+  result.step = BackendStartTls::Step::StartTls;
+  return result;
+}
+
 // SMTP XCLIENT (Postfix): after the greeting (or after backend STARTTLS, when `greeting` is the
 // one the client is to see), EHLO; when the server offers XCLIENT, send `command` and relay the
 // server's new greeting instead. Not offered or refused: the session goes on without it.

@@ -32,6 +32,33 @@ protected:
     return relay_;
   }
 
+  // The backend's bytes as lines, each to `response`, the bytes of a literal the server
+  // announced ("{n}" at a line's end; `literal` counts what is left of it) passed on as data,
+  // until the filter relays, closes or starts TLS. An over-long line closes the session.
+  template <typename Response>
+  void readBackendLines(std::span<const char> data, std::size_t& literal, Output& out,
+                        Response&& response) {
+    backend_.append(data);
+    while (!relay_ && !out.close && !out.startTls) {
+      if (literal > 0) {
+        std::string_view raw = backend_.takeRaw(literal);
+        if (raw.empty()) {
+          break;
+        }
+        literal -= raw.size();
+        out.toClient += raw;
+        continue;
+      }
+      auto line = backend_.nextLine();
+      if (!line) {
+        out.close = out.close || backend_.tooLong();
+        break;
+      }
+      response(*line);
+    }
+    backend_.compact();
+  }
+
   // Nothing left to rewrite: whatever is buffered goes on as it is, and so does the rest.
   void goRelay(Output& out) {
     relay_ = true;

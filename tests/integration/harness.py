@@ -212,6 +212,11 @@ service pop3-login {{
   }}
 }}
 service managesieve-login {{
+  # A long-lived login process, connected to the auth service before the first client: a fresh
+  # one (Dovecot's default) answers its greeting at once but, over TLS, sometimes never reads an
+  # AUTHENTICATE that arrives before its auth connection is up (seen with 2.3.19; see README).
+  service_count = 0
+  process_min_avail = 1
   inet_listener sieve {{
     port = {self.sieve_port}
   }}

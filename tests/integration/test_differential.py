@@ -573,7 +573,33 @@ class Imap(Dialect):
         return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
 
 
-class Pop3(Dialect):
+class LineRefusals(Dialect):
+    """POP3 and ManageSieve: postern's refusals are whole lines (no tag to echo)."""
+    INVALID = NOT_PERMITTED = SYNTAX = NEEDS_TLS = GOAHEAD = b""
+    NOT_PERMITTED_TOO = ()  # other refusals that also count as refusing an address claim
+    NEEDS_TLS_TOO = ()      # ... or an authentication before TLS
+
+    def refusal(self, out, row):
+        return out.first in (self.INVALID, self.NOT_PERMITTED, self.SYNTAX) or \
+            out.first.startswith(self.NEEDS_TLS)
+
+    def is_invalid(self, out, row):
+        return out.first == self.INVALID
+
+    def is_not_permitted(self, out):
+        return out.first == self.NOT_PERMITTED or out.first in self.NOT_PERMITTED_TOO
+
+    def is_needs_tls(self, out, row):
+        return out.first.startswith(self.NEEDS_TLS) or out.first in self.NEEDS_TLS_TOO
+
+    def is_goahead(self, out):
+        return out.first.startswith(self.GOAHEAD)
+
+    def static_needs_tls(self, row):
+        return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
+
+
+class Pop3(LineRefusals):
     name = "pop3"
     claims = ("XCLIENT", "XOIP")
     auth_verbs = ("USER", "PASS", "APOP", "AUTH")
@@ -634,31 +660,16 @@ class Pop3(Dialect):
             out.ended = True
         return out
 
-    def refusal(self, out, row):
-        return out.first in (self.INVALID, self.NOT_PERMITTED, self.SYNTAX) or \
-            out.first.startswith(self.NEEDS_TLS)
-
-    def is_invalid(self, out, row):
-        return out.first == self.INVALID
-
-    def is_not_permitted(self, out):
-        return out.first in (self.NOT_PERMITTED, self.SYNTAX)
-
-    def is_needs_tls(self, out, row):
-        return out.first.startswith(self.NEEDS_TLS) or out.first == self.SYNTAX
-
-    def is_goahead(self, out):
-        return out.first.startswith(self.GOAHEAD)
+    # A line POP3 servers split differently counts as refused for a claim or an authentication.
+    NOT_PERMITTED_TOO = (SYNTAX,)
+    NEEDS_TLS_TOO = (SYNTAX,)
 
     def server_read_auth(self, out):
         return out.cls in ("+OK", "CONT") or (
             out.cls == "-ERR" and not out.first.startswith(b"-ERR Unknown command"))
 
-    def static_needs_tls(self, row):
-        return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
 
-
-class Sieve(Dialect):
+class Sieve(LineRefusals):
     """ManageSieve (RFC 5804): untagged commands, each answered by lines ending in OK/NO/BYE.
     The sync is a NOOP with a TAG string, echoed back in its OK."""
     name = "sieve"
@@ -728,29 +739,12 @@ class Sieve(Dialect):
             out.ended = True
         return out
 
-    def refusal(self, out, row):
-        return out.first in (self.INVALID, self.NOT_PERMITTED, self.SYNTAX) or \
-            out.first.startswith(self.NEEDS_TLS)
-
-    def is_invalid(self, out, row):
-        return out.first == self.INVALID
-
-    def is_not_permitted(self, out):
-        # A claim with a tab or a leading space is refused as it stands, before its verb counts.
-        return out.first in (self.NOT_PERMITTED, self.SYNTAX, self.INVALID)
-
-    def is_needs_tls(self, out, row):
-        return out.first.startswith(self.NEEDS_TLS)
-
-    def is_goahead(self, out):
-        return out.first.startswith(self.GOAHEAD)
+    # A claim with a tab or a leading space is refused as it stands, before its verb counts.
+    NOT_PERMITTED_TOO = (SYNTAX, INVALID)
 
     def server_read_auth(self, out):
         return out.cls in ("OK", "CONT") or (
             out.cls == "NO" and b"Error in MANAGESIEVE command" not in out.first)
-
-    def static_needs_tls(self, row):
-        return row.verb in self.auth_verbs and row.shape == "joined" and row.sep == "SP"
 
 
 # --- the differential table ---------------------------------------------------------------------

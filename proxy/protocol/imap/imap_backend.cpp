@@ -49,15 +49,7 @@ public:
         break;
       case State::StartTls:
         if (std::string_view status = imap::taggedStatus(text, "P2"); !status.empty()) {
-          if (!equalsNoCase(status, "OK")) {
-            return failed(Failure::Refused, "STARTTLS refused: " + std::string(text));
-          }
-          if (!reader_.empty()) {
-            // Response injection: bytes after the go-ahead would be read as if sent over TLS.
-            return failed(Failure::Injection, "bytes after the STARTTLS reply");
-          }
-          result.step = Step::StartTls;
-          return result;
+          return answerToStartTls(equalsNoCase(status, "OK"), text, reader_);
         }
         break;
       }

@@ -47,14 +47,7 @@ public:
         offered_ = offered_ || equalsNoCase(pop3::capabilityKeyword(text), "STLS");
         break;
       case State::Stls:
-        if (!pop3::isOk(text)) {
-          return failed(Failure::Refused, "STLS refused: " + std::string(text));
-        }
-        if (!reader_.empty()) {
-          return failed(Failure::Injection, "bytes after the STLS reply");
-        }
-        result.step = Step::StartTls;
-        return result;
+        return answerToStartTls(pop3::isOk(text), text, reader_);
       }
     }
     if (reader_.tooLong()) {

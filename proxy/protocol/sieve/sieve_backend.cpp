@@ -37,15 +37,7 @@ public:
       if (!status) {
         continue;
       }
-      if (!equalsNoCase(status->status, "OK")) {
-        return failed(Failure::Refused, "STARTTLS refused: " + std::string(text));
-      }
-      if (!reader_.empty()) {
-        // Response injection: bytes after the go-ahead would be read as if sent over TLS.
-        return failed(Failure::Injection, "bytes after the STARTTLS reply");
-      }
-      result.step = Step::StartTls;
-      return result;
+      return answerToStartTls(equalsNoCase(status->status, "OK"), text, reader_);
     }
     if (reader_.tooLong()) {
       return failed(Failure::Greeting, "line too long");

@@ -33,27 +33,8 @@ public:
     if (relayedFromBackend(data, out)) {
       return;
     }
-    backend_.append(data);
-    while (!relay_ && !out.close && !out.startTls) {
-      if (backendLiteral_ > 0) {
-        std::string_view raw = backend_.takeRaw(backendLiteral_);
-        if (raw.empty()) {
-          break;
-        }
-        backendLiteral_ -= raw.size();
-        out.toClient += raw;
-        continue;
-      }
-      auto line = backend_.nextLine();
-      if (!line) {
-        if (backend_.tooLong()) {
-          out.close = true;
-        }
-        break;
-      }
-      response(*line, out);
-    }
-    backend_.compact();
+    readBackendLines(data, backendLiteral_, out,
+                     [&](std::string_view line) { response(line, out); });
     if (resumeClient_ && !relay_ && !out.close && !out.startTls) {
       resumeClient_ = false;
       processClient(out);
