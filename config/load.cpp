@@ -401,6 +401,84 @@ void readBackend(Loader& loader, const toml::table& table, const std::string& pr
   loader.config.backends.push_back(std::move(backend));
 }
 
+// A route's name as the config writes it: lower case, A-labels (IDN in "xn--" form), optionally
+// "*." in front; an error message when it is no such name.
+std::expected<std::string, std::string> routePattern(std::string_view text) {
+  std::string pattern;
+  for (char c : text) {
+    if (static_cast<unsigned char>(c) >= 0x80) {
+      return std::unexpected("write an internationalised name in its A-label form (xn--...)");
+    }
+    pattern.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
+  }
+  if (pattern.ends_with('.')) {
+    pattern.pop_back();
+  }
+  std::string_view name = pattern;
+  if (name.starts_with("*.")) {
+    name.remove_prefix(2);
+  }
+  bool valid = !name.empty() && name.size() <= 253;
+  std::size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      valid = valid && label > 0;
+      label = 0;
+      continue;
+    }
+    valid = valid && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-');
+    ++label;
+  }
+  if (!valid || label == 0 || label > 63) {
+    return std::unexpected("expected a host or domain name, or \"*.\" and one");
+  }
+  return pattern;
+}
+
+// `routes = [{ sni = "...", backend = "..." }, { domain = "...", backend = "..." }]`.
+void readRoutes(Loader& loader, TableReader& reader, const std::string& prefix,
+                std::vector<Route>& routes) {
+  const toml::node* node = reader.get("routes");
+  if (node == nullptr) {
+    return;
+  }
+  const toml::array* array = node->as_array();
+  if (array == nullptr) {
+    reader.typeError("routes", *node, "an array of tables");
+    return;
+  }
+  for (std::size_t i = 0; i < array->size(); ++i) {
+    std::string path = prefix + ".routes[" + std::to_string(i) + "]";
+    const toml::table* table = (*array)[i].as_table();
+    if (table == nullptr) {
+      loader.error(locationOf((*array)[i].source()), path,
+                   "expected a table { sni = \"...\", backend = \"...\" }");
+      continue;
+    }
+    TableReader routeReader(loader, *table, path);
+    Route route;
+    std::string sni;
+    std::string domain;
+    bool hasSni = routeReader.string("sni", sni);
+    bool hasDomain = routeReader.string("domain", domain);
+    routeReader.string("backend", route.backend, true);
+    if (hasSni == hasDomain) {
+      loader.error(locationOf(table->source()), path,
+                   "a route matches either `sni` or `domain` (exactly one of them)");
+    } else {
+      route.kind = hasSni ? Route::Kind::Sni : Route::Kind::Domain;
+      const char* key = hasSni ? "sni" : "domain";
+      if (auto pattern = routePattern(hasSni ? sni : domain)) {
+        route.pattern = std::move(*pattern);
+      } else {
+        loader.error(routeReader.keyLocation(key), path + "." + key, pattern.error());
+      }
+    }
+    routeReader.finish();
+    routes.push_back(std::move(route));
+  }
+}
+
 void readListener(Loader& loader, const toml::table& table, const std::string& prefix) {
   TableReader reader(loader, table, prefix);
   Listener listener;
@@ -430,6 +508,7 @@ void readListener(Loader& loader, const toml::table& table, const std::string& p
                 {{"passthrough", Mode::Passthrough}, {"login", Mode::Login}});
   reader.boolean("allow_auth", listener.allow_auth);
   reader.string("backend", listener.backend, true);
+  readRoutes(loader, reader, prefix, listener.routes);
   reader.boolean("accept_proxy_protocol", listener.accept_proxy_protocol);
   auto proxies = reader.strings("trusted_proxies");
   for (std::size_t i = 0; i < proxies.size(); ++i) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -107,6 +108,21 @@ struct Tls {
   std::string client_ca;
 };
 
+// SPEC §13: a route sends a listener's sessions to another pool, by the TLS server name the
+// client sent (`sni`) or by the domain of the user name (`domain`, login mode). First match wins.
+struct Route {
+  enum class Kind { Sni, Domain };
+  Kind kind = Kind::Sni;
+  std::string pattern; // lower case, A-labels: "mail.example.com" or "*.example.com"
+  std::string backend;
+};
+
+// Whether `name` (any case) matches a route's `pattern`: equal, or for "*.example.com" any name
+// with one or more labels before ".example.com" (never "example.com" itself).
+bool routeMatches(std::string_view pattern, std::string_view name);
+// Whether every name `later` matches is matched by `earlier` already (`later` is unreachable).
+bool routeCovers(std::string_view earlier, std::string_view later);
+
 struct Listener {
   std::string name;
   Protocol protocol = Protocol::Imap;
@@ -115,7 +131,8 @@ struct Listener {
   bool require_tls = false;
   Mode mode = Mode::Passthrough;
   bool allow_auth = true;
-  std::string backend;
+  std::string backend;       // the pool when no route matches
+  std::vector<Route> routes; // SPEC §13, in order
   bool accept_proxy_protocol = false;
   std::vector<Cidr> trusted_proxies;
   Limits limits; // [limits] with this listener's own `limits` table applied

@@ -102,6 +102,53 @@ void checkReadable(const Config& config, const std::string& file, const std::str
 
 } // namespace
 
+// SPEC §13: routes that can never match, or that match what an earlier one took, are mistakes.
+template <typename Error, typename CheckPool>
+void checkRoutes(const Listener& listener, const std::string& prefix, Error& error,
+                 CheckPool& checkPool) {
+  for (std::size_t i = 0; i < listener.routes.size(); ++i) {
+    const Route& route = listener.routes[i];
+    std::string path = prefix + ".routes[" + std::to_string(i) + "]";
+    if (route.pattern.empty()) {
+      continue; // already reported
+    }
+    bool sni = route.kind == Route::Kind::Sni;
+    const char* key = sni ? ".sni" : ".domain";
+    if (sni && listener.tls == TlsMode::None) {
+      error(path + key, "an sni route needs TLS on the listener (tls = \"implicit\" or "
+                        "\"starttls\"): without it no client sends a server name");
+      continue;
+    }
+    if (sni && listener.tls == TlsMode::StartTls && listener.mode != Mode::Login) {
+      error(path + key, "an sni route on a STARTTLS listener needs mode = \"login\": in "
+                        "passthrough the backend is connected before the client starts TLS "
+                        "and names the server");
+      continue;
+    }
+    if (!sni && listener.mode != Mode::Login) {
+      error(path + key, "a domain route needs mode = \"login\" (a passthrough listener never "
+                        "learns the user)");
+      continue;
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      const Route& earlier = listener.routes[j];
+      if (earlier.kind != route.kind || earlier.pattern.empty() ||
+          !routeCovers(earlier.pattern, route.pattern)) {
+        continue;
+      }
+      error(path + key,
+            earlier.pattern == route.pattern
+                ? "\"" + route.pattern + "\" is routed already by routes[" + std::to_string(j) + "]"
+                : "unreachable: every name it matches goes to routes[" + std::to_string(j) +
+                      "] (\"" + earlier.pattern + "\") first");
+      break;
+    }
+    if (!route.backend.empty()) {
+      checkPool(path + ".backend", route.backend);
+    }
+  }
+}
+
 void validate(const Config& config, std::vector<Diagnostic>& diagnostics) {
   auto error = [&](const std::string& path, std::string message) {
     diagnostics.push_back(diagnosticAt(config, path, std::move(message)));
@@ -156,21 +203,26 @@ void validate(const Config& config, std::vector<Diagnostic>& diagnostics) {
     if (listener.backend.empty()) {
       continue; // already reported as missing
     }
-    const Backend* backend = config.findBackend(listener.backend);
-    if (backend == nullptr) {
-      error(prefix + ".backend", "no [[backend]] is named \"" + listener.backend + "\"");
-      continue;
-    }
-    if (backend->balance == Balance::UserHash && listener.mode != Mode::Login) {
-      error(prefix + ".backend", "backend \"" + backend->name +
-                                     "\" balances by user_hash, which needs mode = \"login\" "
-                                     "(a passthrough listener never learns the user)");
-    }
-    if (backend->smtp_xclient && listener.protocol != Protocol::Smtp) {
-      error(prefix + ".backend", "backend \"" + backend->name +
-                                     "\" sets smtp_xclient, but this listener speaks " +
-                                     toString(listener.protocol));
-    }
+    // The default pool and every route's pool must exist and suit the listener.
+    auto checkPool = [&](const std::string& path, const std::string& name) {
+      const Backend* backend = config.findBackend(name);
+      if (backend == nullptr) {
+        error(path, "no [[backend]] is named \"" + name + "\"");
+        return;
+      }
+      if (backend->balance == Balance::UserHash && listener.mode != Mode::Login) {
+        error(path, "backend \"" + backend->name +
+                        "\" balances by user_hash, which needs mode = \"login\" "
+                        "(a passthrough listener never learns the user)");
+      }
+      if (backend->smtp_xclient && listener.protocol != Protocol::Smtp) {
+        error(path, "backend \"" + backend->name +
+                        "\" sets smtp_xclient, but this listener speaks " +
+                        toString(listener.protocol));
+      }
+    };
+    checkPool(prefix + ".backend", listener.backend);
+    checkRoutes(listener, prefix, error, checkPool);
   }
 
   if (anyTlsListener && config.tls.certificates.empty()) {

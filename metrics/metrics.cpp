@@ -36,6 +36,10 @@ const char* toString(BackendError reason) {
   return names[static_cast<int>(reason)];
 }
 
+struct RouteMetrics::Series {
+  prometheus::Counter* chosen = nullptr;
+};
+
 struct ListenerMetrics::Series {
   prometheus::Counter* accepted;
   prometheus::Gauge* active;
@@ -263,6 +267,11 @@ struct Registry::Impl {
           .Name("postern_starttls_total")
           .Help("STARTTLS upgrades by side (client, backend) and result.")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& routes =
+      prometheus::BuildCounter()
+          .Name("postern_routes_total")
+          .Help("Sessions a listener sent to a backend pool, by route (the pool's name; SPEC §13).")
+          .Register(*registry);
   prometheus::Family<prometheus::Counter>& auth =
       prometheus::BuildCounter()
           .Name("postern_auth_total")
@@ -273,6 +282,7 @@ struct Registry::Impl {
   // Series handles point into the families; the deques keep their own storage stable.
   std::mutex mutex;
   std::deque<ListenerMetrics::Series> listeners;
+  std::deque<RouteMetrics::Series> routeSeries;
   std::deque<BackendMetrics::Series> backends;
   std::deque<ServerMetrics::Series> servers;
 };
@@ -292,6 +302,21 @@ std::expected<int, std::string> Registry::startExposer(const std::string& hostPo
   } catch (const std::exception& error) {
     return std::unexpected(std::string(error.what()));
   }
+}
+
+void RouteMetrics::chosen() {
+  if (series_ != nullptr) {
+    series_->chosen->Increment();
+  }
+}
+
+RouteMetrics Registry::route(const std::string& listener, const std::string& route) {
+  std::lock_guard lock(impl_->mutex);
+  RouteMetrics::Series& series = impl_->routeSeries.emplace_back();
+  series.chosen = &impl_->routes.Add({{"listener", listener}, {"route", route}});
+  RouteMetrics handle;
+  handle.series_ = &series;
+  return handle;
 }
 
 ListenerMetrics Registry::listener(const std::string& name, const std::string& protocol, int port,

@@ -66,6 +66,17 @@ private:
   Registry* registry_ = nullptr;
 };
 
+// postern_routes_total{listener, route}: the sessions a listener sent to one pool (SPEC §13).
+class RouteMetrics {
+public:
+  void chosen();
+
+private:
+  friend class Registry;
+  struct Series;
+  Series* series_ = nullptr;
+};
+
 // Per-backend-pool and per-server series.
 class BackendMetrics {
 public:
@@ -106,6 +117,8 @@ public:
 
   ListenerMetrics listener(const std::string& name, const std::string& protocol, int port,
                            const std::string& tls);
+  // The series for sessions `listener` routes to the pool `route`.
+  RouteMetrics route(const std::string& listener, const std::string& route);
   BackendMetrics backend(const std::string& name);
   // `tls`: the server is reached over TLS, so its certificate expiry is exported.
   ServerMetrics server(const std::string& backend, const std::string& server, bool tls);

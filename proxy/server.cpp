@@ -103,6 +103,11 @@ Server::makeContext(const config::Listener& listener,
   context->config = listener;
   context->protocol = &protocol::info(listener.protocol);
   context->pool = pools.at(listener.backend);
+  context->defaultRoute = registry_.route(listener.name, listener.backend);
+  for (const config::Route& route : listener.routes) {
+    context->routes.push_back(
+        {route, pools.at(route.backend), registry_.route(listener.name, route.backend)});
+  }
   context->tls = listener.tls == config::TlsMode::None ? nullptr : &tlsContext_;
   context->clientLimits = shared_.limitsFor(listener);
   if (listener.mode == config::Mode::Login) {
@@ -197,10 +202,13 @@ std::expected<void, std::string> Server::apply(const config::Config& config) {
   }
   pools_ = std::move(pools);
   listeners_ = std::move(entries);
-  // Health checks speak the protocol of the listeners that use each pool.
+  // Health checks speak the protocol of the listeners that use each pool (as their backend or
+  // through a route).
   for (auto& [name, pool] : pools_) {
     for (const config::Listener& listener : config.listeners) {
-      if (listener.backend == name) {
+      bool routed = std::any_of(listener.routes.begin(), listener.routes.end(),
+                                [&](const config::Route& route) { return route.backend == name; });
+      if (listener.backend == name || routed) {
         pool->start(&loop_, listener.protocol);
         break;
       }

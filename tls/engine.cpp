@@ -265,6 +265,11 @@ std::string Engine::cipher() const {
 
 bool Engine::resumed() const { return SSL_session_reused(ssl_) == 1; }
 
+std::string Engine::serverName() const {
+  const char* name = SSL_get_servername(ssl_, TLSEXT_NAMETYPE_host_name);
+  return name != nullptr ? name : "";
+}
+
 std::int64_t Engine::peerCertificateExpiry() const {
   X509* peer = SSL_get1_peer_certificate(ssl_);
   if (peer == nullptr) {

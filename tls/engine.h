@@ -64,6 +64,8 @@ public:
   std::string version() const; // "TLSv1.3", or "" before the handshake
   std::string cipher() const;  // "TLS_AES_128_GCM_SHA256"
   bool resumed() const;
+  // The TLS server name (SNI) the client sent, "" when it sent none (server side).
+  std::string serverName() const;
   // The other side's certificate expiry (seconds since the epoch), 0 when there is none.
   std::int64_t peerCertificateExpiry() const;
 

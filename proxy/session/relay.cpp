@@ -23,7 +23,7 @@ bool Session::becomeReady() {
   std::uint64_t now = timer_->now();
   std::uint64_t connectStartedAt = std::get<Connecting>(state_).startedAt;
   enter<Relaying>();
-  listener_.pool->metrics().connectDuration(static_cast<double>(now - connectStartedAt) / 1000.0);
+  pool_->metrics().connectDuration(static_cast<double>(now - connectStartedAt) / 1000.0);
   if (filter_ == nullptr) {
     preauthDone_ = true;
   }

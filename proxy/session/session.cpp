@@ -14,7 +14,8 @@
 namespace session {
 
 Session::Session(SessionOwner& owner, std::shared_ptr<ListenerContext> listener, uv_loop_t* loop)
-    : owner_(owner), listenerRef_(std::move(listener)), listener_(*listenerRef_), loop_(loop) {}
+    : owner_(owner), listenerRef_(std::move(listener)), listener_(*listenerRef_), loop_(loop),
+      pool_(listener_.pool.get()) {}
 
 Session::~Session() {
   // close() has released everything already; this guards against a session dropped unclosed.
@@ -119,6 +120,7 @@ void Session::begin() {
     startLogin();
   } else {
     enter<Connecting>();
+    route();
     connectBackend();
   }
 }
@@ -214,6 +216,7 @@ void Session::onClientSecured() {
   // The client has nothing to say before the backend's greeting; it waits in the kernel.
   client_->pauseReading();
   enter<Connecting>();
+  route();
   connectBackend();
 }
 
@@ -224,11 +227,30 @@ void Session::handshakeFailed(const std::string& why) {
   close(why == "timeout" ? metrics::CloseReason::Timeout : metrics::CloseReason::TlsError);
 }
 
+void Session::route() {
+  std::string serverName = clientTls_ != nullptr ? clientTls_->serverName() : "";
+  std::string_view domain;
+  if (std::size_t at = user_.rfind('@'); at != std::string::npos) {
+    domain = std::string_view(user_).substr(at + 1); // a user without a domain has none
+  }
+  for (ListenerContext::RouteTarget& target : listener_.routes) {
+    std::string_view name =
+        target.route.kind == config::Route::Kind::Sni ? std::string_view(serverName) : domain;
+    if (!name.empty() && config::routeMatches(target.route.pattern, name)) {
+      pool_ = target.pool.get();
+      target.metrics.chosen();
+      return;
+    }
+  }
+  pool_ = listener_.pool.get();
+  listener_.defaultRoute.chosen();
+}
+
 void Session::connectBackend() {
   // What the pool's balancer hashes, as its catalogue row says (the client address is the one
   // a trusted PROXY header gave, if any).
   std::string key;
-  switch (backend::balancerInfo(listener_.pool->config().balance).key) {
+  switch (backend::balancerInfo(pool_->config().balance).key) {
   case backend::BalanceKey::None:
     break;
   case backend::BalanceKey::ClientAddress:
@@ -238,7 +260,7 @@ void Session::connectBackend() {
     key = throttleUser(); // the user name, case folded
     break;
   }
-  server_ = listener_.pool->pick(tried_, key);
+  server_ = pool_->pick(tried_, key);
   if (server_ == nullptr) {
     // Every server was tried (or the pool has none): the client hears the protocol's own
     // "temporarily unavailable" and the session ends.
@@ -252,14 +274,14 @@ void Session::connectBackend() {
     connecting = &enter<Connecting>();
   }
   connecting->startedAt = timer_->now();
-  timer_->start(listener_.pool->config().connect_timeout);
-  const config::Backend& pool = listener_.pool->config();
+  timer_->start(pool_->config().connect_timeout);
+  const config::Backend& pool = pool_->config();
   backend::ConnectSpec spec;
   spec.address = server_->address;
   spec.host = server_->host;
   spec.protocol = listener_.config.protocol;
   spec.tls = pool.tls;
-  spec.tlsContext = listener_.pool->tlsContext();
+  spec.tlsContext = pool_->tlsContext();
   spec.proxyProtocol = pool.send_proxy_protocol;
   spec.client = clientPeer_;
   spec.local = clientLocal_;
@@ -284,7 +306,7 @@ void Session::releaseBackend() {
     login_->replay.reset();
   }
   if (server_ != nullptr) {
-    listener_.pool->release(*server_);
+    pool_->release(*server_);
     server_ = nullptr;
   }
 }
@@ -297,17 +319,17 @@ void Session::backendFailed(metrics::BackendError reason, const std::string& det
     return;
   }
   logging::warn("backend failed", {{"listener", listener_.config.name},
-                                   {"backend", listener_.pool->config().name},
+                                   {"backend", pool_->config().name},
                                    {"server", server_ != nullptr ? server_->name : "-"},
                                    {"reason", metrics::toString(reason)},
                                    {"error", detail}});
   if (server_ != nullptr) {
     server_->metrics.error(reason);
-    listener_.pool->report(*server_, false, false, metrics::toString(reason)); // passive
+    pool_->report(*server_, false, false, metrics::toString(reason)); // passive
   }
   releaseBackend();
   timer_->stop();
-  if (tried_.size() <= listener_.pool->config().retries) {
+  if (tried_.size() <= pool_->config().retries) {
     connectBackend();
     return;
   }
@@ -327,8 +349,7 @@ void Session::onBackendReady(backend::Connector::Ready ready) {
   if (ready.startTls) {
     listener_.metrics.startTls(metrics::StartTlsSide::Backend, metrics::StartTlsResult::Ok);
   }
-  if (listener_.protocol->hasXclient && listener_.pool->config().smtp_xclient &&
-      !ready.xclientForwarded) {
+  if (listener_.protocol->hasXclient && pool_->config().smtp_xclient && !ready.xclientForwarded) {
     logging::info("XCLIENT not used", {{"listener", listener_.config.name},
                                        {"server", server_ != nullptr ? server_->name : "-"},
                                        {"reason", "not offered or refused by the server"}});
@@ -537,6 +558,7 @@ void Session::close(metrics::CloseReason reason) {
                    {"tls_cipher", tlsCipher_},
                    {"user", user_},
                    {"backend", backendAddress},
+                   {"pool", backendAddress.empty() ? "" : pool_->config().name},
                    {"bytes_in", std::to_string(bytesIn_)},
                    {"bytes_out", std::to_string(bytesOut_)},
                    {"duration_ms", std::to_string(now - startedAt_)},

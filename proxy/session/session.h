@@ -30,7 +30,15 @@ namespace session {
 struct ListenerContext {
   config::Listener config;
   const protocol::ProtocolInfo* protocol = nullptr;
-  std::shared_ptr<backend::Pool> pool;
+  std::shared_ptr<backend::Pool> pool; // `backend`: when no route matches
+  // SPEC §13: the routes in order, each with its pool and its postern_routes_total series.
+  struct RouteTarget {
+    config::Route route;
+    std::shared_ptr<backend::Pool> pool;
+    metrics::RouteMetrics metrics;
+  };
+  std::vector<RouteTarget> routes;
+  metrics::RouteMetrics defaultRoute;
   metrics::ListenerMetrics metrics;
   int port = 0;
   // The client-facing TLS context new sessions use (replaced on reload; running sessions keep
@@ -109,6 +117,9 @@ private:
   void begin();
   void readProxyHeader(std::span<const char> data);
   void startTls(net::TcpStream* tcp);
+  // SPEC §13: picks the pool (pool_) by the first route that matches what is known now (the
+  // TLS server name; in login mode the user's domain), else the listener's backend.
+  void route();
   void connectBackend();
   void backendFailed(metrics::BackendError reason, const std::string& detail = "");
   void releaseBackend();
@@ -201,6 +212,7 @@ private:
   const tls::Engine* backendTls_ = nullptr;
   std::shared_ptr<tls::ServerContext> tlsContext_; // keeps the context this session started with
   net::Timer* timer_ = nullptr;
+  backend::Pool* pool_ = nullptr; // the routed pool (owned by the listener's context)
   backend::Server* server_ = nullptr;
   std::vector<const backend::Server*> tried_;
   State state_{std::in_place_type<Connecting>};

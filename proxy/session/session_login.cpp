@@ -19,8 +19,7 @@ protocol::Policy Session::listenerPolicy() const {
 void Session::startLogin() {
   enter<InLogin>();
   filter_.reset();
-  login_->dialogue =
-      listener_.protocol->makeLogin(listenerPolicy(), {listener_.pool->commonCapabilities()});
+  login_->dialogue = listener_.protocol->makeLogin(listenerPolicy(), {pool_->commonCapabilities()});
   login_->dialogue->greet(login_->output);
   applyLogin();
   if (phase() != Phase::Login) {
@@ -121,6 +120,7 @@ void Session::credentialsCaptured(protocol::Credentials credentials, std::string
 
 void Session::routeLogin() {
   enter<Connecting>();
+  route();
   tried_.clear();
   connectBackend();
 }
@@ -138,7 +138,7 @@ void Session::startReplay(bool greeted) {
   // elsewhere with the session's.
   login_->replay = listener_.protocol->makeReplay(login_->credentials->copy(), std::move(context));
   // The server may take its time to check a password (and delays failures on purpose).
-  timer_->start(std::max<std::chrono::milliseconds>(listener_.pool->config().connect_timeout,
+  timer_->start(std::max<std::chrono::milliseconds>(pool_->config().connect_timeout,
                                                     std::chrono::seconds(30)));
   if (greeted) {
     replayStep(login_->replay->start());
@@ -240,7 +240,7 @@ void Session::loginUnavailable(metrics::BackendError reason, const std::string& 
     server_->metrics.error(reason);
     if (reason != metrics::BackendError::Timeout) {
       // A server that dies mid-login is unhealthy; one slow to judge a password is not.
-      listener_.pool->report(*server_, false, false, metrics::toString(reason));
+      pool_->report(*server_, false, false, metrics::toString(reason));
     }
   }
   login_->credentials.reset();
