@@ -265,6 +265,25 @@ std::string Engine::cipher() const {
 
 bool Engine::resumed() const { return SSL_session_reused(ssl_) == 1; }
 
+bool Engine::peerPresentedCertificate() const {
+  X509* peer = SSL_get0_peer_certificate(ssl_);
+  return peer != nullptr;
+}
+
+bool Engine::peerVerified() const {
+  return peerPresentedCertificate() && SSL_get_verify_result(ssl_) == X509_V_OK;
+}
+
+std::string Engine::peerCommonName() const {
+  if (!peerVerified()) {
+    return "";
+  }
+  X509_NAME* subject = X509_get_subject_name(SSL_get0_peer_certificate(ssl_));
+  char name[256] = {};
+  int length = X509_NAME_get_text_by_NID(subject, NID_commonName, name, sizeof name);
+  return length > 0 ? std::string(name, static_cast<std::size_t>(length)) : "";
+}
+
 std::string Engine::serverName() const {
   const char* name = SSL_get_servername(ssl_, TLSEXT_NAMETYPE_host_name);
   return name != nullptr ? name : "";

@@ -66,6 +66,11 @@ public:
   bool resumed() const;
   // The TLS server name (SNI) the client sent, "" when it sent none (server side).
   std::string serverName() const;
+  // Whether the peer presented a certificate, whether it verified, and its subject's common
+  // name when it did ("" otherwise).
+  bool peerPresentedCertificate() const;
+  bool peerVerified() const;
+  std::string peerCommonName() const;
   // The other side's certificate expiry (seconds since the epoch), 0 when there is none.
   std::int64_t peerCertificateExpiry() const;
 

@@ -42,7 +42,8 @@ void Connector::onConnected(int status) {
   }
   // The PROXY header comes first on the wire, before TLS or anything of the protocol.
   if (spec_.proxyProtocol != config::ProxyProtocol::Off &&
-      tcp_->write(protocol::encodeProxyHeader(spec_.proxyProtocol, spec_.client, spec_.local)) !=
+      tcp_->write(protocol::encodeProxyHeader(spec_.proxyProtocol, spec_.client, spec_.local,
+                                              spec_.clientTls ? &*spec_.clientTls : nullptr)) !=
           0) {
     fail(metrics::BackendError::Closed, "cannot send the PROXY header");
     return;

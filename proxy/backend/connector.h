@@ -9,6 +9,7 @@
 #include "proxy/net/byte_stream.h"
 #include "proxy/net/tcp_stream.h"
 #include "proxy/protocol/backend_starttls.h"
+#include "proxy/protocol/proxy_header.h"
 #include "tls/context.h"
 #include "tls/engine.h"
 
@@ -30,6 +31,8 @@ struct ConnectSpec {
   // behind it (a health check: v1 UNKNOWN, v2 LOCAL).
   sockaddr_storage client{};
   sockaddr_storage local{};
+  // PROXY v2: the client's TLS, carried as TLVs (SPEC §13); none when the client has no TLS.
+  std::optional<protocol::ProxyTls> clientTls;
   // SMTP: the XCLIENT command to send when the server offers XCLIENT ("" = none).
   std::string xclient;
 };

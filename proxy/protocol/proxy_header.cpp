@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <string_view>
@@ -149,8 +150,53 @@ ProxyHeader parseV2(std::span<const unsigned char> data) {
 
 } // namespace
 
+namespace {
+
+// PROXY protocol v2 §2.2: type, 16-bit length, value.
+void appendTlv(std::string& out, unsigned char type, std::string_view value) {
+  std::size_t length = std::min<std::size_t>(value.size(), 0xFFFF);
+  out += static_cast<char>(type);
+  out += static_cast<char>(length >> 8);
+  out += static_cast<char>(length & 0xFF);
+  out.append(value.substr(0, length));
+}
+
+std::string tlsTlvs(const ProxyTls& tls) {
+  constexpr unsigned char kAuthority = 0x02;
+  constexpr unsigned char kSsl = 0x20;
+  constexpr unsigned char kSslVersion = 0x21;
+  constexpr unsigned char kSslCn = 0x22;
+  constexpr unsigned char kSslCipher = 0x23;
+  constexpr unsigned char kClientSsl = 0x01;
+  constexpr unsigned char kClientCertConnection = 0x02;
+  constexpr unsigned char kClientCertSession = 0x04;
+  std::string ssl;
+  unsigned char client = kClientSsl;
+  if (tls.clientCertificate) {
+    client |= kClientCertConnection | kClientCertSession;
+  }
+  ssl += static_cast<char>(client);
+  // `verify`: zero when the client's certificate verified (or it sent none to verify).
+  char verify = tls.clientCertificate && !tls.clientVerified ? 1 : 0;
+  ssl += std::string(3, '\0');
+  ssl += verify;
+  appendTlv(ssl, kSslVersion, tls.version);
+  if (tls.clientVerified && !tls.clientCommonName.empty()) {
+    appendTlv(ssl, kSslCn, tls.clientCommonName);
+  }
+  appendTlv(ssl, kSslCipher, tls.cipher);
+  std::string out;
+  if (!tls.serverName.empty()) {
+    appendTlv(out, kAuthority, tls.serverName);
+  }
+  appendTlv(out, kSsl, ssl);
+  return out;
+}
+
+} // namespace
+
 std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_storage& source,
-                              const sockaddr_storage& destination) {
+                              const sockaddr_storage& destination, const ProxyTls* tls) {
   bool v6 = source.ss_family == AF_INET6;
   bool known = (source.ss_family == AF_INET || v6) && source.ss_family == destination.ss_family;
   if (version == config::ProxyProtocol::V1) {
@@ -170,7 +216,8 @@ std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_stor
   }
   header += static_cast<char>(0x21); // version 2, PROXY
   header += static_cast<char>(v6 ? 0x21 : 0x11);
-  std::size_t length = v6 ? 36 : 12;
+  std::string tlvs = tls != nullptr ? tlsTlvs(*tls) : std::string();
+  std::size_t length = (v6 ? 36 : 12) + tlvs.size();
   header += static_cast<char>(length >> 8);
   header += static_cast<char>(length & 0xFF);
   if (v6) {
@@ -188,7 +235,7 @@ std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_stor
     header.append(reinterpret_cast<const char*>(&s->sin_port), 2);
     header.append(reinterpret_cast<const char*>(&d->sin_port), 2);
   }
-  return header;
+  return header + tlvs;
 }
 
 ProxyHeader parseProxyHeader(std::span<const char> data) {

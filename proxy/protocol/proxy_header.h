@@ -13,9 +13,22 @@
 
 namespace protocol {
 
-// `source` is the client, `destination` the address it connected to.
+// What a v2 header tells the backend of the client's TLS (SPEC §13), as TLVs HAProxy and Dovecot
+// read: PP2_TYPE_SSL (with the version, cipher and, for a verified client certificate, its
+// common name) and PP2_TYPE_AUTHORITY (the server name the client asked for).
+struct ProxyTls {
+  std::string version;            // "TLSv1.3"
+  std::string cipher;             // "TLS_AES_128_GCM_SHA256"
+  std::string serverName;         // SNI; "" when the client sent none
+  bool clientCertificate = false; // the client presented a certificate
+  bool clientVerified = false;    // ... and it verified against [tls] client_ca
+  std::string clientCommonName;   // its subject's CN, when verified
+};
+
+// `source` is the client, `destination` the address it connected to; `tls` (v2 only) the
+// client's TLS, when it has any.
 std::string encodeProxyHeader(config::ProxyProtocol version, const sockaddr_storage& source,
-                              const sockaddr_storage& destination);
+                              const sockaddr_storage& destination, const ProxyTls* tls = nullptr);
 
 struct ProxyHeader {
   enum class Status { NeedMore, Invalid, Done };

@@ -285,6 +285,18 @@ void Session::connectBackend() {
   spec.proxyProtocol = pool.send_proxy_protocol;
   spec.client = clientPeer_;
   spec.local = clientLocal_;
+  if (pool.send_proxy_protocol == config::ProxyProtocol::V2 && clientTls_ != nullptr &&
+      !clientUpgrading_ && !tlsVersion_.empty()) {
+    // SPEC §13: what the client's TLS was, for servers that log it or decide by it.
+    protocol::ProxyTls facts;
+    facts.version = tlsVersion_;
+    facts.cipher = tlsCipher_;
+    facts.serverName = clientTls_->serverName();
+    facts.clientCertificate = clientTls_->peerPresentedCertificate();
+    facts.clientVerified = clientTls_->peerVerified();
+    facts.clientCommonName = clientTls_->peerCommonName();
+    spec.clientTls = std::move(facts);
+  }
   if (listener_.protocol->hasXclient && pool.smtp_xclient) {
     spec.xclient = xclientCommandForClient();
   }

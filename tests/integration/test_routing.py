@@ -40,7 +40,13 @@ def setUpModule():
     pki = pki_module.Pki(pki_dir).create()
     try:
         default = harness.MailServers(users=USERS)
-        tenant_a = harness.MailServers(host="127.0.0.2", users=USERS)
+        # Tenant A logs what a PROXY v2 header told it: the server name (AUTHORITY TLV, Dovecot's
+        # %{local_name}) and whether the client's connection was TLS (the SSL TLV makes the
+        # session "secured"; postern reaches 127.0.0.2 from 127.0.0.1, which Dovecot does not
+        # count as local, and the network is not in login_trusted_networks).
+        tenant_a = harness.MailServers(host="127.0.0.2", users=USERS, dovecot_extra=(
+            "login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c "
+            "session=<%{session}> local_name=<%{local_name}>\n"))
         tenant_b = harness.MailServers(host="127.0.0.3", users=USERS)
         for d in (default, tenant_a, tenant_b):
             d.seed_mailbox()
@@ -94,6 +100,25 @@ routes = [
   {{ domain = "tenant-a.example", backend = "a-pool" }},
   {{ domain = "Tenant-B.example", backend = "b-pool" }},
 ]
+'''
+    text += f'''
+[[listener]]
+name = "imaps-v2"
+protocol = "imap"
+listen = "127.0.0.1:0"
+tls = "implicit"
+backend = "a-proxied"
+
+[[listener]]
+name = "imap-v2"
+protocol = "imap"
+listen = "127.0.0.1:0"
+backend = "a-proxied"
+
+[[backend]]
+name = "a-proxied"
+servers = ["{tenant_a.host}:{tenant_a.imap_proxy_port}"]
+send_proxy_protocol = "v2"
 '''
     for name, d in (("default-pool", default), ("a-pool", tenant_a), ("b-pool", tenant_b)):
         text += (f'\n[[backend]]\nname = "{name}"\nservers = ["{d.host}:{d.imap_port}"]\n'
@@ -207,6 +232,34 @@ class LoginRoutes(unittest.TestCase):
         line = self.login("bert@tenant-b.example", "pw-bert", server_name="imap.tenant-a.example")
         # The sni route comes first in the list: tenant A's pool, whatever the domain says.
         self.assertEqual(field(line, "backend"), f"{tenant_a.host}:{tenant_a.imap_port}", line)
+
+
+class ProxyTlvs(unittest.TestCase):
+    """SPEC §13: a PROXY v2 header carries the client's TLS; a real Dovecot reads it."""
+
+    def dovecot_login_line(self, user):
+        found = [line for line in tenant_a.dovecot_log_text().splitlines()
+                 if "Login:" in line and f"user=<{user}>" in line]
+        return found[-1] if found else None
+
+    def test_dovecot_reads_the_server_name_and_the_tls(self):
+        host, port = postern.address("imaps-v2")
+        with imaplib.IMAP4_SSL(host, port,
+                               ssl_context=sni_context("imap.tenant-a.example")) as imap:
+            imap.login("anna", "pw-anna")
+            imap.logout()
+        self.assertTrue(harness.wait_until(lambda: self.dovecot_login_line("anna")))
+        line = self.dovecot_login_line("anna")
+        self.assertIn("local_name=<imap.tenant-a.example>", line)
+        self.assertIn(", secured,", line)
+        # The same server behind a plaintext listener: no TLS to tell, and Dovecot knows it.
+        imap = imaplib.IMAP4(*postern.address("imap-v2"), timeout=10)
+        imap.login("bert", "pw-bert")
+        imap.logout()
+        self.assertTrue(harness.wait_until(lambda: self.dovecot_login_line("bert")))
+        line = self.dovecot_login_line("bert")
+        self.assertNotIn("local_name=", line)  # (Dovecot leaves empty elements out)
+        self.assertNotIn("secured", line)
 
 
 class Reload(unittest.TestCase):

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 
 #include <cstring>
+#include <map>
 
 namespace protocol {
 namespace {
@@ -38,6 +39,69 @@ TEST(ProxyHeader, V1EncodingIsTheSpecificationsText) {
   EXPECT_EQ(
       encodeProxyHeader(config::ProxyProtocol::V1, address("2001:db8::7", 1), address("::1", 993)),
       "PROXY TCP6 2001:db8::7 ::1 1 993\r\n");
+}
+
+// The TLVs as the PROXY protocol's §2.2 lays them out, read back byte by byte.
+TEST(ProxyHeader, V2CarriesTheClientsTlsAsTlvs) {
+  ProxyTls tls;
+  tls.version = "TLSv1.3";
+  tls.cipher = "TLS_AES_128_GCM_SHA256";
+  tls.serverName = "imap.tenant-a.example";
+  tls.clientCertificate = true;
+  tls.clientVerified = true;
+  tls.clientCommonName = "anna";
+  std::string header = encodeProxyHeader(config::ProxyProtocol::V2, address("192.0.2.7", 40000),
+                                         address("127.0.0.1", 993), &tls);
+  ASSERT_GT(header.size(), 28u);
+  std::size_t length =
+      (static_cast<unsigned char>(header[14]) << 8) | static_cast<unsigned char>(header[15]);
+  EXPECT_EQ(16 + length, header.size());
+  // After the 12 address bytes: the TLVs, each type, 16-bit length, value.
+  std::map<int, std::string> tlvs;
+  auto readTlvs = [](std::string_view bytes, std::map<int, std::string>& out) {
+    while (bytes.size() >= 3) {
+      std::size_t size =
+          (static_cast<unsigned char>(bytes[1]) << 8) | static_cast<unsigned char>(bytes[2]);
+      out[static_cast<unsigned char>(bytes[0])] = std::string(bytes.substr(3, size));
+      bytes.remove_prefix(3 + size);
+    }
+  };
+  readTlvs(std::string_view(header).substr(28), tlvs);
+  EXPECT_EQ(tlvs[0x02], "imap.tenant-a.example"); // PP2_TYPE_AUTHORITY
+  ASSERT_TRUE(tlvs.contains(0x20));               // PP2_TYPE_SSL
+  std::string_view ssl = tlvs[0x20];
+  ASSERT_GE(ssl.size(), 5u);
+  EXPECT_EQ(static_cast<unsigned char>(ssl[0]), 0x07); // SSL, certificate on conn and session
+  EXPECT_EQ(ssl.substr(1, 4), std::string(4, '\0'));   // verify: 0, it verified
+  std::map<int, std::string> sub;
+  readTlvs(ssl.substr(5), sub);
+  EXPECT_EQ(sub[0x21], "TLSv1.3");                // PP2_SUBTYPE_SSL_VERSION
+  EXPECT_EQ(sub[0x22], "anna");                   // PP2_SUBTYPE_SSL_CN
+  EXPECT_EQ(sub[0x23], "TLS_AES_128_GCM_SHA256"); // PP2_SUBTYPE_SSL_CIPHER
+  // postern's own parser (a load balancer's header may carry TLVs too) reads the addresses.
+  ProxyHeader parsed = parse(header);
+  ASSERT_EQ(parsed.status, ProxyHeader::Status::Done);
+  EXPECT_EQ(parsed.consumed, header.size());
+
+  // No SNI, an unverified certificate: no AUTHORITY, no CN, verify non-zero.
+  ProxyTls plain;
+  plain.version = "TLSv1.2";
+  plain.cipher = "ECDHE-ECDSA-AES128-GCM-SHA256";
+  plain.clientCertificate = true;
+  plain.clientCommonName = "mallory";
+  std::string other = encodeProxyHeader(config::ProxyProtocol::V2, address("192.0.2.7", 1),
+                                        address("127.0.0.1", 993), &plain);
+  std::map<int, std::string> top;
+  readTlvs(std::string_view(other).substr(28), top);
+  EXPECT_FALSE(top.contains(0x02));
+  EXPECT_NE(top[0x20].substr(1, 4), std::string(4, '\0'));
+  std::map<int, std::string> otherSub;
+  readTlvs(std::string_view(top[0x20]).substr(5), otherSub);
+  EXPECT_FALSE(otherSub.contains(0x22));
+  // v1 has no TLVs: the same facts change nothing.
+  EXPECT_EQ(encodeProxyHeader(config::ProxyProtocol::V1, address("192.0.2.7", 1),
+                              address("127.0.0.1", 993), &tls),
+            "PROXY TCP4 192.0.2.7 127.0.0.1 1 993\r\n");
 }
 
 TEST(ProxyHeader, RoundTripsInBothVersionsAndFamilies) {
