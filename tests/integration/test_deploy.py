@@ -30,7 +30,7 @@ import pki as test_pki  # noqa: E402
 from harness import PASSWORD, USER  # noqa: E402
 
 DEPLOY = os.path.join(harness.ROOT, "deploy")
-EXAMPLES = ["legacy-fronting.toml", "balanced-fleet.toml", "mx-edge.toml"]
+EXAMPLES = ["legacy-fronting.toml", "balanced-fleet.toml", "mx-edge.toml", "multi-tenant.toml"]
 UNIT = os.path.join(DEPLOY, "systemd", "postern.service")
 CONTAINERFILE = os.path.join(DEPLOY, "container", "Containerfile")
 KUBERNETES = os.path.join(DEPLOY, "kubernetes")
@@ -170,6 +170,18 @@ class ExampleConfigs(unittest.TestCase):
         self.assertTrue(hashed)
         for backend in hashed:
             self.assertEqual(len(backend["servers"]), 3, backend["name"])
+
+    def test_multi_tenant_routes_every_tenant_to_its_own_pool(self):
+        config = self.config("multi-tenant.toml")
+        pools = {backend["name"] for backend in config["backend"]}
+        routed = set()
+        for listener in config["listener"]:
+            for route in listener.get("routes", []):
+                self.assertIn(route["backend"], pools)
+                routed.add(route["backend"])
+                if "sni" in route and listener["tls"] == "starttls":
+                    self.assertEqual(listener.get("mode"), "login", listener["name"])
+        self.assertEqual(routed, {"tenant-a", "tenant-b"})
 
     def test_mx_edge_is_opportunistic_without_auth_and_forwards_with_xclient(self):
         config = self.config("mx-edge.toml")

@@ -333,8 +333,9 @@ class LoginMode(unittest.TestCase):
         for mechanism in ("PLAIN", "LOGIN"):
             with self.subTest(mechanism=mechanism):
                 tag = uuid.uuid4().hex
+                helo = f"client-{mechanism.lower()}.tenant-b.example"
                 with smtplib.SMTP(*self.address("submission")) as smtp:
-                    smtp.ehlo("client.example")
+                    smtp.ehlo(helo)
                     self.assertIn("auth", smtp.esmtp_features)
                     self.assertNotIn("xclient", smtp.esmtp_features)
                     code, _ = smtp.mail(f"{USER}@{DOMAIN}")
@@ -347,8 +348,12 @@ class LoginMode(unittest.TestCase):
                     self.assertEqual(code, 235)
                     smtp.sendmail(f"{USER}@{DOMAIN}", [f"{USER}@{DOMAIN}"],
                                   f"Subject: {tag}\r\n\r\nthrough login mode\r\n")
-                harness.wait_until(lambda: any(tag in m for m in servers.delivered_messages()),
-                                   timeout=15)
+                self.assertTrue(harness.wait_until(
+                    lambda: any(tag in m for m in servers.delivered_messages()), timeout=15))
+                # SPEC §13: Postfix (no XCLIENT offered here) was greeted with the client's own
+                # EHLO name, so its Received: header and checks see the client's name.
+                message = next(m for m in servers.delivered_messages() if tag in m)
+                self.assertIn(f"from {helo} ", message)
 
     def test_submission_xoauth2_and_starttls(self):
         with smtplib.SMTP(*self.address("submission-tls")) as smtp:
