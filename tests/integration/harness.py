@@ -522,6 +522,26 @@ def descriptors(postern):
     return count
 
 
+def wait_for_health(postern, pools, timeout=30):
+    """Until every pool's servers have answered a health check (`pools`: name -> how many
+    answers); login mode learns its capabilities from them."""
+    ready = wait_until(lambda: all(
+        postern.metric("postern_health_checks_total", backend=pool, result="ok") >= count
+        for pool, count in pools.items()), timeout=timeout)
+    assert ready, "a pool's health checks never succeeded"
+
+
+def stop_everything(postern, mail_servers, pki_dir):
+    """Stops postern and every MailServers (None entries skipped), removes the PKI folder."""
+    if postern is not None:
+        postern.cleanup()
+    for servers in mail_servers:
+        if servers is not None:
+            servers.stop()
+    if pki_dir is not None:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
 def sieve_connect(port, *args, user=USER, password=PASSWORD, cafile=None, timeout=60):
     """Runs the real ManageSieve client (Debian sieve-connect) against 127.0.0.1:`port` (as
     "localhost", the name the test certificates carry), the password on a pipe; with `cafile`

@@ -53,23 +53,14 @@ def setUpModule():
             d.start_dovecot()
         postern = harness.Postern(config())
         postern.start()
-        ready = harness.wait_until(lambda: all(
-            postern.metric("postern_health_checks_total", backend=pool, result="ok") >= 1
-            for pool in ("default-pool", "a-pool", "b-pool")), timeout=30)
-        assert ready, "a pool's health checks never succeeded"
+        harness.wait_for_health(postern, {"default-pool": 1, "a-pool": 1, "b-pool": 1})
     except Exception:
         tearDownModule()
         raise
 
 
 def tearDownModule():
-    if postern is not None:
-        postern.cleanup()
-    for d in (default, tenant_a, tenant_b):
-        if d is not None:
-            d.stop()
-    if pki_dir is not None:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+    harness.stop_everything(postern, (default, tenant_a, tenant_b), pki_dir)
 
 
 def config(sni_a="*.tenant-a.example", sni_b="imap.tenant-b.example"):

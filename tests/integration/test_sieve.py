@@ -70,23 +70,14 @@ def setUpModule():
         # servers answered one before a test starts.
         pools = {"sieve-pool": 1, "secure-starttls": 1, "secure-implicit": 1, "sieve-proxied": 1,
                  "sieve-hash": 2, "imap-hash": 2}
-        ready = harness.wait_until(lambda: all(
-            postern.metric("postern_health_checks_total", backend=pool, result="ok") >= count
-            for pool, count in pools.items()), timeout=30)
-        assert ready, "a pool's health checks never succeeded"
+        harness.wait_for_health(postern, pools)
     except Exception:
         tearDownModule()
         raise
 
 
 def tearDownModule():
-    if postern is not None:
-        postern.cleanup()
-    for d in [servers, secure] + pair:
-        if d is not None:
-            d.stop()
-    if pki_dir is not None:
-        shutil.rmtree(pki_dir, ignore_errors=True)
+    harness.stop_everything(postern, [servers, secure] + pair, pki_dir)
 
 
 LISTENERS = [
