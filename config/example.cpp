@@ -56,6 +56,10 @@ allow_auth = true            # false: refuse all authentication here (e.g. an MX
 backend = "imap-pool"
 accept_proxy_protocol = false  # expect a PROXY v1/v2 header from a load balancer
 trusted_proxies = []         # CIDRs allowed to send that header (required with accept_proxy_protocol)
+# routes = [                 # SPEC §13: other pools by TLS server name or user domain (first match)
+#   { sni = "*.tenant-a.example", backend = "tenant-a-pool" },
+#   { domain = "tenant-b.example", backend = "tenant-b-pool" },  # login mode only
+# ]
 # limits = { idle_timeout = "1h" }   # per-listener overrides of [limits]
 
 [[listener]]

@@ -7,7 +7,7 @@ packages=(
   libuv1-dev libssl-dev libtomlplusplus-dev prometheus-cpp-dev libgtest-dev
   dovecot-core dovecot-imapd dovecot-pop3d postfix
   curl openssl python3 swaks procps prometheus testssl.sh yamllint haproxy systemd
-  offlineimap3 isync dovecot-managesieved dovecot-sieve sieve-connect
+  offlineimap3 isync dovecot-managesieved dovecot-sieve sieve-connect lintian dpkg-dev man-db
 )
 
 missing=()
