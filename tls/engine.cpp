@@ -278,10 +278,21 @@ std::string Engine::peerCommonName() const {
   if (!peerVerified()) {
     return "";
   }
+  // Exactly one CN, as UTF-8 without NUL bytes (a name that holds one could read as another).
   X509_NAME* subject = X509_get_subject_name(SSL_get0_peer_certificate(ssl_));
-  char name[256] = {};
-  int length = X509_NAME_get_text_by_NID(subject, NID_commonName, name, sizeof name);
-  return length > 0 ? std::string(name, static_cast<std::size_t>(length)) : "";
+  int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (index < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, index) >= 0) {
+    return "";
+  }
+  unsigned char* utf8 = nullptr;
+  int length =
+      ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index)));
+  if (length <= 0) {
+    return "";
+  }
+  std::string name(reinterpret_cast<const char*>(utf8), static_cast<std::size_t>(length));
+  OPENSSL_free(utf8);
+  return name.find('\0') == std::string::npos ? name : "";
 }
 
 std::string Engine::serverName() const {

@@ -173,11 +173,14 @@ std::string tlsTlvs(const ProxyTls& tls) {
   std::string ssl;
   unsigned char client = kClientSsl;
   if (tls.clientCertificate) {
-    client |= kClientCertConnection | kClientCertSession;
+    client |= kClientCertSession;
+    if (tls.certificateOnThisConnection) {
+      client |= kClientCertConnection;
+    }
   }
   ssl += static_cast<char>(client);
-  // `verify`: zero when the client's certificate verified (or it sent none to verify).
-  char verify = tls.clientCertificate && !tls.clientVerified ? 1 : 0;
+  // `verify`: zero only when the client presented a certificate and it verified.
+  char verify = tls.clientCertificate && tls.clientVerified ? 0 : 1;
   ssl += std::string(3, '\0');
   ssl += verify;
   appendTlv(ssl, kSslVersion, tls.version);

@@ -17,12 +17,13 @@ namespace protocol {
 // read: PP2_TYPE_SSL (with the version, cipher and, for a verified client certificate, its
 // common name) and PP2_TYPE_AUTHORITY (the server name the client asked for).
 struct ProxyTls {
-  std::string version;            // "TLSv1.3"
-  std::string cipher;             // "TLS_AES_128_GCM_SHA256"
-  std::string serverName;         // SNI; "" when the client sent none
-  bool clientCertificate = false; // the client presented a certificate
-  bool clientVerified = false;    // ... and it verified against [tls] client_ca
-  std::string clientCommonName;   // its subject's CN, when verified
+  std::string version;                      // "TLSv1.3"
+  std::string cipher;                       // "TLS_AES_128_GCM_SHA256"
+  std::string serverName;                   // SNI; "" when the client sent none
+  bool clientCertificate = false;           // the client presented a certificate
+  bool certificateOnThisConnection = false; // ... in this handshake (not a resumed session's)
+  bool clientVerified = false;              // ... and it verified against [tls] client_ca
+  std::string clientCommonName;             // its subject's CN, when verified
 };
 
 // `source` is the client, `destination` the address it connected to; `tls` (v2 only) the

@@ -229,9 +229,11 @@ void Session::handshakeFailed(const std::string& why) {
 
 void Session::route() {
   std::string serverName = clientTls_ != nullptr ? clientTls_->serverName() : "";
+  // The part after the '@'; a user without one, or with more than one (servers split such a
+  // name differently), has no domain to route by.
   std::string_view domain;
-  if (std::size_t at = user_.rfind('@'); at != std::string::npos) {
-    domain = std::string_view(user_).substr(at + 1); // a user without a domain has none
+  if (std::size_t at = user_.find('@'); at != std::string::npos && user_.rfind('@') == at) {
+    domain = std::string_view(user_).substr(at + 1);
   }
   for (ListenerContext::RouteTarget& target : listener_.routes) {
     std::string_view name =
@@ -293,6 +295,7 @@ void Session::connectBackend() {
     facts.cipher = tlsCipher_;
     facts.serverName = clientTls_->serverName();
     facts.clientCertificate = clientTls_->peerPresentedCertificate();
+    facts.certificateOnThisConnection = facts.clientCertificate && !clientTls_->resumed();
     facts.clientVerified = clientTls_->peerVerified();
     facts.clientCommonName = clientTls_->peerCommonName();
     spec.clientTls = std::move(facts);

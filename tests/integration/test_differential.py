@@ -741,6 +741,14 @@ class Sieve(LineRefusals):
 
     # A claim with a tab or a leading space is refused as it stands, before its verb counts.
     NOT_PERMITTED_TOO = (SYNTAX, INVALID)
+    # Before authentication postern takes only the five commands managesieve-login knows, with
+    # string arguments (anything else the server would refuse mid-line, reading a literal's
+    # bytes as commands): the others it answers itself.
+    OWN = (b'NO "Authenticate first"', b'NO "Invalid arguments"',
+           b'NO "Synchronizing literals are not allowed"')
+
+    def refusal(self, out, row):
+        return super().refusal(out, row) or out.first in self.OWN
 
     def server_read_auth(self, out):
         return out.cls in ("OK", "CONT") or (
@@ -1058,10 +1066,10 @@ class DifferentialTable(unittest.TestCase):
         self.check("pop3_after_tls", ("CAPA", "USER", "AUTH"))
 
     def test_sieve_plain(self):
-        self.check("sieve_plain", ("CAPABILITY", "NOOP", "AUTHENTICATE", "HAVESPACE"))
+        self.check("sieve_plain", ("CAPABILITY", "NOOP", "AUTHENTICATE"))
 
     def test_sieve_before_tls(self):
-        self.check("sieve_before_tls", ("CAPABILITY", "NOOP", "LISTSCRIPTS"))
+        self.check("sieve_before_tls", ("CAPABILITY", "NOOP"))
         self.assertGreaterEqual(TABLES["sieve_before_tls"].stats["goahead"], 1)
 
     def test_sieve_after_tls(self):

@@ -430,10 +430,18 @@ class Wire(unittest.TestCase):
             self.assertEqual(raw.line(), 'NO "Invalid characters in command"', repr(line))
         raw.send("XCLIENT ADDR=192.0.2.77\r\n")
         self.assertEqual(raw.line(), 'NO "Command not permitted"')
+        # Dovecot skips the rest of a line it refuses (an unknown verb, an atom) and reads a
+        # literal's bytes as commands: such lines never reach it, their literals are skipped.
+        for head, address in (("FOO", "192.0.2.78"), ("NOOP atom", "192.0.2.79")):
+            smuggled = f"XCLIENT ADDR={address}\r\n"
+            raw.send(f"{head} {{{len(smuggled)}+}}\r\n{smuggled}\r\n")
+            self.assertIn(raw.line(), ('NO "Authenticate first"', 'NO "Invalid arguments"'))
         raw.send("NOOP\r\n")
         self.assertTrue(raw.line().startswith("OK"))  # the session goes on
         raw.close()
-        self.assertNotIn("192.0.2.77", servers.dovecot_log_text())
+        log = servers.dovecot_log_text()
+        for address in ("192.0.2.77", "192.0.2.78", "192.0.2.79"):
+            self.assertNotIn(address, log)
 
     def test_literals_are_bounded(self):
         raw = Raw("sieve-open")

@@ -3,7 +3,11 @@
 // greeting and of CAPABILITY rewritten, AUTHENTICATE refused before TLS where TLS is required,
 // client literals ({n+}) and SASL exchanges passed through as data. Every line is read with the
 // ManageSieve syntax module (sieve_syntax.h), as the login dialogue and the backend dialogues
-// read it.
+// read it. Before authentication only what managesieve-login takes without dispute reaches the
+// server: its five commands with string arguments in printable ASCII. A command it refuses
+// mid-line (an unknown verb, an atom where a string belongs, a byte it will not take) makes it
+// skip to the end of that line and read a literal's bytes as commands: postern answers those
+// itself. Its own answers keep their place among the server's (responses carry no tags).
 #include "proxy/protocol/line_filter.h"
 #include "proxy/protocol/sieve/sieve_syntax.h"
 
@@ -51,16 +55,28 @@ public:
   }
 
 private:
-  enum class Kind { Capability, Auth, StartTlsForwarded, Other };
+  enum class Kind { Capability, Auth, StartTlsForwarded, Other, Local };
+  struct Pending {
+    Kind kind;
+    std::string reply; // Local: postern's own answer, said when its turn comes
+  };
 
   void processClient(Output& out) {
-    while (!relay_ && !out.close && !out.startTls && !startTlsDeferred_) {
+    // Nothing is read before the whole greeting: a STARTTLS answered meanwhile would have the
+    // rest of it (and its OK) arrive after the go-ahead, out of step.
+    while (greeted_ && !relay_ && !out.close && !out.startTls && !startTlsDeferred_) {
       if (clientLiteral_ > 0) {
         std::string_view raw = client_.takeRaw(clientLiteral_);
         if (raw.empty()) {
           break;
         }
         clientLiteral_ -= raw.size();
+        if (!dropping_ && !authenticated_ && !sieve::literalBytesAllowed(raw)) {
+          // A byte the server could refuse inside the literal, then skip to the line's end:
+          // what follows would be commands there. The server never gets this byte.
+          closeWith(sieve::kInvalidCharactersBye, out);
+          break;
+        }
         if (!dropping_) {
           out.toBackend += raw;
         }
@@ -145,6 +161,11 @@ private:
     if (!admitLiteral(text, out) || !clientLiteralAllowed(text, out)) {
       return;
     }
+    if (!dropping_ && !argumentsTaken(text)) {
+      // The command's start reached the server already; refused now, the two would part.
+      closeWith("BYE \"Invalid arguments\"\r\n", out);
+      return;
+    }
     if (!dropping_) {
       out.toBackend += line;
     }
@@ -156,7 +177,7 @@ private:
   bool clientLiteralAllowed(std::string_view text, Output& out) {
     Literal literal = literalAtEnd(text);
     if (literal.kind == Literal::Kind::Announced && literal.synchronising && !dropping_) {
-      out.toClient += sieve::reply("NO", "Synchronizing literals are not allowed");
+      answer(sieve::reply("NO", "Synchronizing literals are not allowed"), out);
       dropping_ = true;
       afterCommandLine(text);
       return false;
@@ -164,12 +185,34 @@ private:
     return true;
   }
 
+  // postern's own answer to a command: now if nothing is outstanding, else in its turn after
+  // the server's answers to the commands before it.
+  void answer(std::string reply, Output& out) {
+    if (pending_.empty()) {
+      out.toClient += reply;
+      return;
+    }
+    if (pending_.size() >= kMaxPending) {
+      closeWith(sieve::kTooManyPipelined, out);
+      return;
+    }
+    pending_.push_back({Kind::Local, std::move(reply)});
+  }
+
+  // Local answers whose turn has come (the server answered everything before them).
+  void flushLocal(Output& out) {
+    while (!pending_.empty() && pending_.front().kind == Kind::Local) {
+      out.toClient += pending_.front().reply;
+      pending_.pop_front();
+    }
+  }
+
   // Answers a command postern will not relay; what it announced as a literal is skipped.
   void refuse(std::string_view text, std::string reply, Output& out) {
     if (!admitLiteral(text, out)) {
       return;
     }
-    out.toClient += reply;
+    answer(std::move(reply), out);
     dropping_ = true;
     afterCommandLine(text);
   }
@@ -184,9 +227,18 @@ private:
       return false;
     }
     out.toBackend += line;
-    pending_.push_back(kind);
+    pending_.push_back({kind, {}});
     afterCommandLine(text);
     return true;
+  }
+
+  // SPEC §5.1: the arguments of a command before authentication, checked segment by segment
+  // (a literal's continuation too) against what managesieve-login takes without dispute.
+  bool argumentsTaken(std::string_view segment) {
+    if (authenticated_) {
+      return true;
+    }
+    return sieve::stringArguments(segment, argumentCount_) && argumentCount_ <= maxArguments_;
   }
 
   void command(std::string_view line, Output& out) {
@@ -224,7 +276,7 @@ private:
         out.events.push_back({Event::AuthRefusedPlaintext, mechanismOf(arguments)});
         return;
       }
-      if (forward(line, Kind::Auth, out)) {
+      if (shapeTaken(verb, arguments, text, out) && forward(line, Kind::Auth, out)) {
         saslWaiting_ = true;
         saslTurn_ = false;
       }
@@ -236,7 +288,28 @@ private:
       refuse(text, sieve::reply("NO", "Command not permitted"), out);
       return;
     }
+    if (!authenticated_ && !equalsNoCase(verb, "CAPABILITY") && !equalsNoCase(verb, "NOOP") &&
+        !equalsNoCase(verb, "LOGOUT")) {
+      refuse(text, sieve::reply("NO", "Authenticate first"), out);
+      return;
+    }
+    if (!shapeTaken(verb, arguments, text, out)) {
+      return;
+    }
     forward(line, equalsNoCase(verb, "CAPABILITY") ? Kind::Capability : Kind::Other, out);
+  }
+
+  // Before authentication: how many string arguments each command takes (RFC 5804 §2).
+  // A command that does not fit is answered here, its literal skipped. False: not forwarded.
+  bool shapeTaken(std::string_view verb, std::string_view arguments, std::string_view text,
+                  Output& out) {
+    argumentCount_ = 0;
+    maxArguments_ = equalsNoCase(verb, "AUTHENTICATE") ? 2 : equalsNoCase(verb, "NOOP") ? 1 : 0;
+    if (argumentsTaken(arguments)) {
+      return true;
+    }
+    refuse(text, sieve::reply("NO", "Invalid arguments"), out);
+    return false;
   }
 
   static const char* mechanismOf(std::string_view arguments) {
@@ -254,8 +327,10 @@ private:
       return;
     }
     if (tls_ || !arguments.empty() || policy_.listenerTls == config::TlsMode::Implicit) {
-      out.toClient +=
-          sieve::reply("NO", tls_ ? "TLS is already active" : "STARTTLS takes no arguments");
+      // (Arguments announcing a literal: its bytes are skipped, as for any refused command.)
+      refuse(chomp(line),
+             sieve::reply("NO", tls_ ? "TLS is already active" : "STARTTLS takes no arguments"),
+             out);
       out.events.push_back({Event::StartTlsRefused});
       return;
     }
@@ -288,6 +363,14 @@ private:
     if (!admitLiteral(text, out)) {
       return;
     }
+    argumentCount_ = 0;
+    maxArguments_ = 1;
+    Literal literal = literalAtEnd(text);
+    bool synchronising = literal.kind == Literal::Kind::Announced && literal.synchronising;
+    if (!argumentsTaken(text) || synchronising) {
+      closeWith("BYE \"Invalid SASL response\"\r\n", out); // the server waits for this line
+      return;
+    }
     out.toBackend += line;
     saslTurn_ = false;
     afterCommandLine(text);
@@ -299,15 +382,18 @@ private:
       // The rest of a line whose literal just ended.
       out.toClient += line;
       afterBackendSegment(text);
+      if (!backendContinuing_ && responseEnded_) {
+        responseEnded_ = false;
+        afterResponse(out);
+      }
       return;
     }
     if (!greeted_) {
       greetingLine(line, out);
       return;
     }
-    Kind front = pending_.empty() ? Kind::Other : pending_.front();
-    std::optional<sieve::Response> status = sieve::parseResponse(text);
-    if (!status) {
+    Kind front = pending_.empty() ? Kind::Other : pending_.front().kind;
+    if (!sieve::isResponse(text)) {
       if (front == Kind::Capability) {
         out.toClient += rewrittenCapability(text);
       } else {
@@ -320,7 +406,8 @@ private:
       afterBackendSegment(text);
       return;
     }
-    if (front == Kind::Capability && equalsNoCase(status->status, "OK")) {
+    bool ok = equalsNoCase(text.substr(0, text.find(' ')), "OK");
+    if (front == Kind::Capability && ok) {
       out.toClient += addedCapabilities();
     }
     out.toClient += line;
@@ -329,7 +416,6 @@ private:
       return; // an unsolicited BYE (the server is going away)
     }
     pending_.pop_front();
-    bool ok = equalsNoCase(status->status, "OK");
     if (front == Kind::Auth) {
       saslWaiting_ = false;
       saslTurn_ = false;
@@ -343,12 +429,23 @@ private:
       goRelay(out); // TLS end to end with the backend
       return;
     }
+    if (backendContinuing_) {
+      responseEnded_ = true; // what follows the answer's literal is still its line
+      return;
+    }
+    afterResponse(out);
+  }
+
+  // A server answer is complete: postern's own answers whose turn came, a deferred STARTTLS,
+  // or, once authenticated with nothing outstanding, plain relaying.
+  void afterResponse(Output& out) {
+    flushLocal(out);
     if (startTlsDeferred_ && pending_.empty()) {
       startTlsDeferred_ = false;
       goAhead(out);
       return;
     }
-    if (authenticated_ && pending_.empty() && backendLiteral_ == 0) {
+    if (authenticated_ && pending_.empty()) {
       goRelay(out);
     }
   }
@@ -364,8 +461,7 @@ private:
   // line without a response code. The list is kept: after TLS postern sends it again.
   void greetingLine(std::string_view line, Output& out) {
     std::string_view text = chomp(line);
-    std::optional<sieve::Response> status = sieve::parseResponse(text);
-    if (!status) {
+    if (!sieve::isResponse(text)) {
       if (std::optional<sieve::Capability> capability = sieve::parseCapability(text)) {
         greetingCapabilities_.push_back(std::move(*capability));
         out.toClient += rewrittenCapability(text);
@@ -376,8 +472,11 @@ private:
       return;
     }
     greeted_ = true;
-    if (!equalsNoCase(status->status, "OK")) {
-      out.toClient += line; // a refusal, relayed as it is
+    resumeClient_ = true; // client lines held for the greeting may go now
+    std::optional<sieve::Response> status = sieve::parseResponse(text);
+    if (!status || !equalsNoCase(status->status, "OK")) {
+      out.toClient += line; // a refusal (or a code postern does not read), relayed as it is
+      afterBackendSegment(text);
       return;
     }
     out.toClient += addedCapabilities();
@@ -429,7 +528,7 @@ private:
     return list + addedCapabilities();
   }
 
-  std::deque<Kind> pending_;
+  std::deque<Pending> pending_;
   static constexpr std::size_t kMaxPending = 1000;
   ByteBudget budget_; // the current command's bytes, literals included
   std::vector<sieve::Capability> greetingCapabilities_;
@@ -442,6 +541,9 @@ private:
   bool saslTurn_ = false;     // the server sent a challenge: the client's next line answers it
   bool resumeClient_ = false; // the server answered: process held client lines
   bool startTlsDeferred_ = false;
+  bool responseEnded_ = false;    // a final answer whose line goes on after its literal
+  std::size_t argumentCount_ = 0; // the current command's arguments so far (before login)
+  std::size_t maxArguments_ = 0;
   bool greeted_ = false;
   bool authenticated_ = false;
 };

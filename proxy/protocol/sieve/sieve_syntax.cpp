@@ -108,7 +108,46 @@ std::optional<Response> parseResponse(std::string_view text) {
   return response;
 }
 
-bool isResponse(std::string_view text) { return parseResponse(text).has_value(); }
+bool isResponse(std::string_view text) {
+  std::string_view status = text.substr(0, text.find(' '));
+  return equalsNoCase(status, "OK") || equalsNoCase(status, "NO") || equalsNoCase(status, "BYE");
+}
+
+bool literalBytesAllowed(std::string_view bytes) {
+  for (char c : bytes) {
+    if (c < 0x20 || c > 0x7e) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool stringArguments(std::string_view segment, std::size_t& count) {
+  Literal literal = literalAtEnd(segment);
+  std::size_t literalStart =
+      literal.kind == Literal::Kind::None ? std::string_view::npos : segment.rfind('{');
+  std::size_t i = 0;
+  while (i < segment.size()) {
+    if (segment[i] == ' ') {
+      ++i;
+      continue;
+    }
+    if (i == literalStart) {
+      ++count;
+      return literal.kind == Literal::Kind::Announced;
+    }
+    std::optional<Quoted> string = readQuoted(segment.substr(i));
+    if (!string || !literalBytesAllowed(string->value)) {
+      return false;
+    }
+    i += string->length;
+    if (i < segment.size() && segment[i] != ' ') {
+      return false;
+    }
+    ++count;
+  }
+  return true;
+}
 
 std::optional<Capability> parseCapability(std::string_view text) {
   std::optional<Quoted> name = readQuoted(text);

@@ -35,6 +35,15 @@ ParsedCommand parseCommandLine(std::string_view line);
 enum class Tokenised { Complete, Literal, Bad };
 Tokenised tokenise(std::string_view text, std::vector<std::string>& words, Literal& literal);
 
+// Before authentication, arguments as managesieve-login takes them without dispute: strings
+// only (quoted, or one literal announced at the end), each byte printable ASCII. Adds the
+// arguments of `segment` to `count` (a literal counts once announced); false for anything else
+// (an atom, a bad escape, a byte a server could refuse mid-line and then skip the rest of the
+// line, reading a literal's bytes as commands).
+bool stringArguments(std::string_view segment, std::size_t& count);
+// Whether a literal's bytes are ones such arguments may hold (printable ASCII).
+bool literalBytesAllowed(std::string_view bytes);
+
 // A response line "OK|NO|BYE [SP "(" code ")"] [SP string]" (CRLF removed).
 struct Response {
   std::string_view status; // OK, NO or BYE, as sent
@@ -42,7 +51,8 @@ struct Response {
   std::string_view text;   // after the code: a quoted string, a literal "{n}" or nothing
 };
 std::optional<Response> parseResponse(std::string_view text);
-// Whether `text` is a response line (ends a command's answer), and with which status.
+// Whether `text` is a response line (ends a command's answer): it starts with OK, NO or BYE,
+// whatever follows (a code may hold a literal and continue on the next line).
 bool isResponse(std::string_view text);
 
 // One line of a capability list: a quoted name and an optional quoted value

@@ -48,6 +48,7 @@ TEST(ProxyHeader, V2CarriesTheClientsTlsAsTlvs) {
   tls.cipher = "TLS_AES_128_GCM_SHA256";
   tls.serverName = "imap.tenant-a.example";
   tls.clientCertificate = true;
+  tls.certificateOnThisConnection = true;
   tls.clientVerified = true;
   tls.clientCommonName = "anna";
   std::string header = encodeProxyHeader(config::ProxyProtocol::V2, address("192.0.2.7", 40000),
@@ -83,6 +84,16 @@ TEST(ProxyHeader, V2CarriesTheClientsTlsAsTlvs) {
   ASSERT_EQ(parsed.status, ProxyHeader::Status::Done);
   EXPECT_EQ(parsed.consumed, header.size());
 
+  // No certificate at all: verify is non-zero too (the spec's zero means "verified").
+  ProxyTls none;
+  none.version = "TLSv1.3";
+  none.cipher = "TLS_AES_128_GCM_SHA256";
+  std::string bare = encodeProxyHeader(config::ProxyProtocol::V2, address("192.0.2.7", 1),
+                                       address("127.0.0.1", 993), &none);
+  std::map<int, std::string> bareTlvs;
+  readTlvs(std::string_view(bare).substr(28), bareTlvs);
+  EXPECT_EQ(static_cast<unsigned char>(bareTlvs[0x20][0]), 0x01); // SSL only
+  EXPECT_NE(bareTlvs[0x20].substr(1, 4), std::string(4, '\0'));
   // No SNI, an unverified certificate: no AUTHORITY, no CN, verify non-zero.
   ProxyTls plain;
   plain.version = "TLSv1.2";
