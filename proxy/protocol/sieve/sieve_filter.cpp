@@ -323,7 +323,11 @@ private:
 
   void startTls(std::string_view arguments, std::string_view line, Output& out) {
     if (policy_.listenerTls == config::TlsMode::None) {
-      forward(line, Kind::StartTlsForwarded, out); // the backend's own STARTTLS, end to end
+      // The backend's own STARTTLS, end to end; it takes no arguments (a literal among them
+      // would be read as commands once the server refused the line).
+      if (shapeTaken("STARTTLS", arguments, chomp(line), out)) {
+        forward(line, Kind::StartTlsForwarded, out);
+      }
       return;
     }
     if (tls_ || !arguments.empty() || policy_.listenerTls == config::TlsMode::Implicit) {

@@ -241,6 +241,13 @@ TEST(SieveFilter, WhatTheServerWouldRefuseMidLineNeverReachesIt) {
     EXPECT_EQ(out.toClient, refusal) << script;
     EXPECT_FALSE(out.close) << script;
   }
+  // The server's own STARTTLS (a plaintext listener relays it) takes no arguments either.
+  Policy plain;
+  Driver relayed(makeSieveFilter(plain));
+  relayed.backend(kGreeting);
+  auto starttls = relayed.client("STARTTLS {22+}\r\nXCLIENT ADDR=1.2.3.4\r\n\r\nNOOP\r\n");
+  EXPECT_EQ(starttls.toBackend, "NOOP\r\n");
+  EXPECT_EQ(starttls.toClient, "NO \"Invalid arguments\"\r\n");
   // A literal whose bytes the server could refuse mid-way: the session ends before they go.
   Driver d(makeSieveFilter(starttlsPolicy(false)));
   d.backend(kGreeting);
