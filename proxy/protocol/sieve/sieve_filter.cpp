@@ -63,8 +63,15 @@ private:
 
   void processClient(Output& out) {
     // Nothing is read before the whole greeting: a STARTTLS answered meanwhile would have the
-    // rest of it (and its OK) arrive after the go-ahead, out of step.
-    while (greeted_ && !relay_ && !out.close && !out.startTls && !startTlsDeferred_) {
+    // rest of it (and its OK) arrive after the go-ahead, out of step. What waits is bounded
+    // like one line (SPEC §5.1).
+    if (!greeted_) {
+      if (client_.pending().size() > policy_.maxLineLength) {
+        closeWith(sieve::kLineTooLong, out);
+      }
+      return;
+    }
+    while (!relay_ && !out.close && !out.startTls && !startTlsDeferred_) {
       if (clientLiteral_ > 0) {
         std::string_view raw = client_.takeRaw(clientLiteral_);
         if (raw.empty()) {

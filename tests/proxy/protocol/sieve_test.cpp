@@ -285,6 +285,14 @@ TEST(SieveFilter, NothingIsReadBeforeTheWholeGreeting) {
   EXPECT_FALSE(early.startTls);
   EXPECT_TRUE(early.toClient.empty());
   auto rest = d.backend("\"STARTTLS\"\r\nOK \"Dovecot ready.\"\r\n");
+  // (What waits for the greeting is bounded like a line: a fuzz finding.)
+  Policy small = starttlsPolicy();
+  small.maxLineLength = 64;
+  Driver flood(makeSieveFilter(small));
+  flood.backend("\"IMPLEMENTATION\" \"x\"\r\n");
+  auto flooded = flood.client(std::string(100, 'a'));
+  EXPECT_TRUE(flooded.close);
+  EXPECT_EQ(flooded.toClient, sieve::kLineTooLong);
   EXPECT_TRUE(rest.startTls);
   EXPECT_TRUE(
       rest.toClient.ends_with("OK \"Dovecot ready.\"\r\nOK \"Begin TLS negotiation now.\"\r\n"))
