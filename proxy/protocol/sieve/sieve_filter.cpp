@@ -165,7 +165,17 @@ private:
       closeWith(sieve::kLineTooLong, out);
       return;
     }
-    if (!admitLiteral(text, out) || !clientLiteralAllowed(text, out)) {
+    if (!admitLiteral(text, out)) {
+      return;
+    }
+    Literal literal = literalAtEnd(text);
+    if (!dropping_ && literal.kind == Literal::Kind::Announced && literal.synchronising) {
+      // The command's start reached the server: answered here, the server's line would go on
+      // into whatever the client sends next.
+      closeWith("BYE \"Synchronizing literals are not allowed\"\r\n", out);
+      return;
+    }
+    if (!clientLiteralAllowed(text, out)) {
       return;
     }
     if (!dropping_ && !argumentsTaken(text)) {
@@ -283,6 +293,12 @@ private:
         out.events.push_back({Event::AuthRefusedPlaintext, mechanismOf(arguments)});
         return;
       }
+      if (!authenticated_ && !mechanismNamed(arguments)) {
+        // Dovecot reads only the mechanism before it decides; an empty one (or a literal that
+        // turns out empty) makes it skip to the line's end, where a literal's bytes would run.
+        refuse(text, sieve::reply("NO", "Invalid arguments"), out);
+        return;
+      }
       if (shapeTaken(verb, arguments, text, out) && forward(line, Kind::Auth, out)) {
         saslWaiting_ = true;
         saslTurn_ = false;
@@ -317,6 +333,23 @@ private:
     }
     refuse(text, sieve::reply("NO", "Invalid arguments"), out);
     return false;
+  }
+
+  // AUTHENTICATE's first argument: a quoted SASL mechanism name (RFC 4422 §3.1 characters).
+  static bool mechanismNamed(std::string_view arguments) {
+    std::optional<Quoted> mechanism = readQuoted(arguments);
+    if (!mechanism || mechanism->value.empty() || mechanism->value.size() > 20) {
+      return false;
+    }
+    for (char c : mechanism->value) {
+      bool upper = c >= 'A' && c <= 'Z';
+      bool lower = c >= 'a' && c <= 'z';
+      bool digit = c >= '0' && c <= '9';
+      if (!upper && !lower && !digit && c != '-' && c != '_') {
+        return false;
+      }
+    }
+    return true;
   }
 
   static const char* mechanismOf(std::string_view arguments) {

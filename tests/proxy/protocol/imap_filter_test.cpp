@@ -188,10 +188,11 @@ TEST(ImapFilter, PartialLinesAreDeliveredWhenASideEnds) {
   filter->backendEnded(out);
   EXPECT_EQ(out.toClient, tail);
   out.clear();
+  // A client's unfinished line is not relayed at its end: nothing unchecked reaches the server.
   std::string_view partial = "a NOOP";
   filter->fromClient(std::span<const char>(partial.data(), partial.size()), out);
   filter->clientEnded(out);
-  EXPECT_EQ(out.toBackend, partial);
+  EXPECT_TRUE(out.toBackend.empty());
 }
 
 } // namespace

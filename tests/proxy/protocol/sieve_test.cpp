@@ -264,6 +264,45 @@ TEST(SieveFilter, WhatTheServerWouldRefuseMidLineNeverReachesIt) {
   EXPECT_EQ(after.client(script).toBackend, script);
 }
 
+// Second review (a differential fuzzer against Dovecot): three more ways past the filter.
+TEST(SieveFilter, AnEmptyMechanismNeverReachesTheServer) {
+  for (std::string script :
+       {std::string("AUTHENTICATE \"\" {25+}\r\nXCLIENT ADDR=192.0.2.77\r\n\r\n"),
+        std::string("AUTHENTICATE {0+}\r\n {25+}\r\nXCLIENT ADDR=192.0.2.52\r\n\r\n"),
+        std::string("AUTHENTICATE \"PL AIN\"\r\n")}) {
+    Driver d(makeSieveFilter(starttlsPolicy(false)));
+    d.backend(kGreeting);
+    auto out = d.client(script + "NOOP\r\n");
+    EXPECT_EQ(out.toBackend, "NOOP\r\n") << script;
+    EXPECT_EQ(out.toClient, "NO \"Invalid arguments\"\r\n") << script;
+  }
+}
+
+TEST(SieveFilter, ASynchronisingLiteralAfterTheCommandsStartEndsTheSession) {
+  Driver d(makeSieveFilter(starttlsPolicy(false)));
+  d.backend(kGreeting);
+  auto out = d.client("NOOP {0+}\r\n {0}\r\n\r\nNOOP\r\n");
+  EXPECT_TRUE(out.close);
+  EXPECT_EQ(out.toBackend, "NOOP {0+}\r\n"); // the server's line never goes on
+  EXPECT_EQ(out.toClient, "BYE \"Synchronizing literals are not allowed\"\r\n");
+}
+
+TEST(SieveFilter, HeldLinesAreDroppedWhenTheClientEnds) {
+  Driver d(makeSieveFilter(starttlsPolicy(false)));
+  d.backend(kGreeting);
+  auto sent = d.client("AUTHENTICATE \"PLAIN\" \"" + kPlain + "\"\r\nXCLIENT ADDR=192.0.2.90\r\n");
+  EXPECT_EQ(sent.toBackend, "AUTHENTICATE \"PLAIN\" \"" + kPlain + "\"\r\n");
+  std::unique_ptr<Filter> filter = makeSieveFilter(starttlsPolicy(false));
+  Output out;
+  filter->fromBackend(std::span<const char>(kGreeting.data(), kGreeting.size()), out);
+  std::string script = "AUTHENTICATE \"PLAIN\" \"" + kPlain + "\"\r\nXCLIENT ADDR=192.0.2.90\r\n";
+  out.clear();
+  filter->fromClient(std::span<const char>(script.data(), script.size()), out);
+  out.clear();
+  filter->clientEnded(out);
+  EXPECT_TRUE(out.toBackend.empty()); // the held XCLIENT line is not released at the end
+}
+
 TEST(SieveFilter, PosternsOwnAnswersKeepTheirPlaceAmongTheServers) {
   Driver d(makeSieveFilter(starttlsPolicy(false)));
   d.backend(kGreeting);
