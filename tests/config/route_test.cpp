@@ -138,8 +138,8 @@ TEST(RouteConfig, RoutesTheListenerCanNeverUseAreRefused) {
                                        R"({ sni = "imap.tenant-a.example", backend = "a-pool" })"));
   ASSERT_EQ(plaintext.size(), 1u);
   EXPECT_NE(plaintext[0].find("an sni route needs TLS on the listener"), std::string::npos);
-  auto domain = errorsOf(configWith("tls = \"implicit\"\n",
-                                    R"({ domain = "tenant-b.example", backend = "b-pool" })"));
+  auto domain = errorsOf(
+      configWith("tls = \"implicit\"\n", R"({ domain = "tenant-b.example", backend = "b-pool" })"));
   ASSERT_EQ(domain.size(), 1u);
   EXPECT_NE(domain[0].find("a domain route needs mode = \"login\""), std::string::npos);
   // Login mode on STARTTLS: both kinds are fine.
