@@ -64,6 +64,12 @@ public:
     return rest;
   }
 
+  // Forgets everything not yet consumed (bytes that are never to be relayed).
+  void discard() {
+    buffer_.clear();
+    start_ = 0;
+  }
+
   // Zeroes what was consumed already (a line that carried a password), before compact() frees it.
   void wipeConsumed() {
     for (std::size_t i = 0; i < start_; ++i) {
