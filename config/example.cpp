@@ -19,6 +19,11 @@ shutdown_grace = "30s"       # how long SIGTERM waits for sessions to finish
 [metrics]
 listen = "127.0.0.1:9464"    # Prometheus exposition at /metrics; "" disables
 
+[admin]                      # runtime API, status page and `postern ctl` (SPEC §14)
+listen = ""                  # e.g. "127.0.0.1:9465"; "" disables
+token = ""                   # bearer token; required unless listen is a loopback address
+token_file = ""              # or read the token from this file's first line
+
 [limits]                     # defaults; a listener can override any of them in its own `limits` table
 max_line_length = 8192       # bytes of one pre-authentication command/response line, CRLF included
 preauth_timeout = "60s"      # until authenticated (or until TLS for SMTP relay sessions)

@@ -301,6 +301,44 @@ void readMetrics(Loader& loader, const toml::table& table) {
   reader.finish();
 }
 
+void readAdmin(Loader& loader, const toml::table& table) {
+  TableReader reader(loader, table, "admin");
+  Admin& admin = loader.config.admin;
+  std::string listen;
+  if (reader.string("listen", listen) && !listen.empty()) {
+    if (auto address = parseSocketAddress(listen)) {
+      admin.enabled = true;
+      admin.listen = *address;
+    } else {
+      loader.error(reader.keyLocation("listen"), "admin.listen", address.error());
+    }
+  }
+  reader.string("token", admin.token);
+  if (reader.string("token_file", admin.token_file) && !admin.token_file.empty()) {
+    if (!admin.token.empty()) {
+      loader.error(reader.keyLocation("token_file"), "admin.token_file",
+                   "set either token or token_file, not both");
+    } else {
+      admin.token_file = loader.resolvePath(admin.token_file);
+      std::ifstream in(admin.token_file);
+      std::getline(in, admin.token);
+      if (!in && admin.token.empty()) {
+        loader.error(reader.keyLocation("token_file"), "admin.token_file",
+                     "cannot read \"" + admin.token_file + "\"");
+      } else if (admin.token.empty()) {
+        loader.error(reader.keyLocation("token_file"), "admin.token_file",
+                     "\"" + admin.token_file + "\" starts with an empty line");
+      }
+    }
+  }
+  auto printable = [](unsigned char c) { return c > 0x20 && c < 0x7f; };
+  if (!std::all_of(admin.token.begin(), admin.token.end(), printable)) {
+    loader.error(reader.keyLocation(admin.token_file.empty() ? "token" : "token_file"),
+                 "admin.token", "the token must be printable ASCII without spaces");
+  }
+  reader.finish();
+}
+
 void readTls(Loader& loader, const toml::table& table) {
   TableReader reader(loader, table, "tls");
   Tls& tls = loader.config.tls;
@@ -572,6 +610,9 @@ std::expected<Config, std::vector<Diagnostic>> loadTable(const toml::table& root
   }
   if (const toml::table* table = reader.table("metrics")) {
     readMetrics(loader, *table);
+  }
+  if (const toml::table* table = reader.table("admin")) {
+    readAdmin(loader, *table);
   }
   if (const toml::table* table = reader.table("limits")) {
     TableReader limits(loader, *table, "limits");

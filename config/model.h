@@ -92,6 +92,16 @@ struct Metrics {
   SocketAddress listen{"127.0.0.1", 9464, false};
 };
 
+// SPEC §14: the runtime API and status page. Off while `listen` is empty.
+struct Admin {
+  bool enabled = false;
+  SocketAddress listen{"127.0.0.1", 9465, false};
+  // The bearer token every request must carry; empty means none (then `listen` must be a
+  // loopback address). From `token` or read from `token_file` (its first line).
+  std::string token;
+  std::string token_file; // resolved against the config file's folder
+};
+
 struct Certificate {
   std::string cert; // resolved against the config file's folder
   std::string key;
@@ -164,6 +174,7 @@ struct Config {
   std::string file; // as given on the command line
   Global global;
   Metrics metrics;
+  Admin admin;
   Limits limits;
   Tls tls;
   std::vector<Listener> listeners;

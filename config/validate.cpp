@@ -69,6 +69,10 @@ bool isWildcard(const SocketAddress& address) {
   return address.host == "0.0.0.0" || address.host == "::";
 }
 
+bool isLoopback(const SocketAddress& address) {
+  return address.ipv6 ? address.host == "::1" : address.host.starts_with("127.");
+}
+
 // Two listening sockets that cannot both be bound: the same address, or a wildcard and any
 // address of the same family on the same port. ([::] is bound IPv6-only, so it does not clash
 // with 0.0.0.0.)
@@ -199,6 +203,10 @@ void validate(const Config& config, std::vector<Diagnostic>& diagnostics) {
       error(prefix + ".listen",
             "address " + listener.listen.text() + " is already used by metrics.listen");
     }
+    if (config.admin.enabled && clash(listener.listen, config.admin.listen)) {
+      error(prefix + ".listen",
+            "address " + listener.listen.text() + " is already used by admin.listen");
+    }
     anyTlsListener = anyTlsListener || listener.tls != TlsMode::None;
     if (listener.backend.empty()) {
       continue; // already reported as missing
@@ -231,6 +239,16 @@ void validate(const Config& config, std::vector<Diagnostic>& diagnostics) {
   for (std::size_t i = 0; i < config.tls.certificates.size(); ++i) {
     checkReadable(config, config.tls.certificates[i].ocsp,
                   "tls.certificates[" + std::to_string(i) + "].ocsp", diagnostics);
+  }
+
+  // SPEC §14: without a token the runtime API answers anyone who reaches it, so only loopback.
+  if (config.admin.enabled && config.admin.token.empty() && !isLoopback(config.admin.listen)) {
+    error("admin.listen", "a non-loopback admin.listen needs a token (token or token_file)");
+  }
+  if (config.admin.enabled && config.metrics.enabled &&
+      clash(config.admin.listen, config.metrics.listen)) {
+    error("admin.listen",
+          "address " + config.admin.listen.text() + " is already used by metrics.listen");
   }
 
   if (!config.global.user.empty() && getpwnam(config.global.user.c_str()) == nullptr) {

@@ -20,7 +20,7 @@ namespace metrics {
 const char* toString(CloseReason reason) {
   static constexpr std::array<const char*, kCloseReasons> names = {
       "client_closed", "backend_closed",      "timeout", "protocol_error",
-      "tls_error",     "backend_unavailable", "shutdown"};
+      "tls_error",     "backend_unavailable", "shutdown", "kicked"};
   return names[static_cast<int>(reason)];
 }
 
@@ -70,6 +70,8 @@ struct ServerMetrics::Series {
   prometheus::Counter* selected;
   prometheus::Gauge* active;
   prometheus::Gauge* up;
+  prometheus::Gauge* drained;
+  prometheus::Gauge* disabled;
   prometheus::Counter* checksOk;
   prometheus::Counter* checksFailed;
 };
@@ -142,6 +144,11 @@ void ServerMetrics::selected() { series_->selected->Increment(); }
 void ServerMetrics::activeChange(int delta) { series_->active->Increment(delta); }
 
 void ServerMetrics::up(bool isUp) { series_->up->Set(isUp ? 1 : 0); }
+
+void ServerMetrics::adminState(bool drained, bool disabled) {
+  series_->drained->Set(drained ? 1 : 0);
+  series_->disabled->Set(disabled ? 1 : 0);
+}
 
 void ServerMetrics::healthCheck(bool ok) {
   (ok ? series_->checksOk : series_->checksFailed)->Increment();
@@ -251,6 +258,11 @@ struct Registry::Impl {
       prometheus::BuildGauge()
           .Name("postern_backend_up")
           .Help("1 while a backend server takes new sessions, 0 while health checks hold it down.")
+          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& backendAdminState =
+      prometheus::BuildGauge()
+          .Name("postern_backend_admin_state")
+          .Help("1 for the state the runtime API put a server in (drained, disabled), else 0.")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& healthChecks =
       prometheus::BuildCounter()
@@ -402,6 +414,10 @@ ServerMetrics Registry::server(const std::string& backend, const std::string& se
   series.active = &impl_->backendActive.Add({{"backend", backend}, {"server", server}});
   series.up = &impl_->backendUp.Add({{"backend", backend}, {"server", server}});
   series.up->Set(1);
+  series.drained = &impl_->backendAdminState.Add(
+      {{"backend", backend}, {"server", server}, {"state", "drained"}});
+  series.disabled = &impl_->backendAdminState.Add(
+      {{"backend", backend}, {"server", server}, {"state", "disabled"}});
   series.checksOk =
       &impl_->healthChecks.Add({{"backend", backend}, {"server", server}, {"result", "ok"}});
   series.checksFailed =

@@ -23,8 +23,9 @@ enum class CloseReason {
   TlsError,
   BackendUnavailable,
   Shutdown,
+  Kicked, // closed through the runtime API (SPEC §14)
 };
-inline constexpr int kCloseReasons = 7;
+inline constexpr int kCloseReasons = 8;
 
 enum class RejectReason { MaxConnections, PerIpLimit, RateLimit, ProxyHeader, Draining };
 inline constexpr int kRejectReasons = 5;
@@ -97,6 +98,9 @@ public:
   void activeChange(int delta);
   void up(bool isUp);
   void healthCheck(bool ok);
+  // SPEC §14: what the runtime API set: postern_backend_admin_state{state="drained"|"disabled"}
+  // is 1 for the state the server is in, 0 for the other (both 0 when enabled).
+  void adminState(bool drained, bool disabled);
 
 private:
   friend class Registry;

@@ -1,6 +1,7 @@
 // postern's command line: run, check a config, print the example, print the version.
 #include "config/load.h"
 #include "metrics/metrics.h"
+#include "proxy/admin/ctl.h"
 #include "proxy/log.h"
 #include "proxy/protocol/registry.h"
 #include "proxy/server.h"
@@ -27,6 +28,8 @@ constexpr std::string_view kUsage = R"(usage:
   postern --config FILE          run (foreground; logs to stderr)
   postern --check-config FILE    validate and exit 0, or print every error and exit 1
   postern --print-example-config print a complete, commented example config
+  postern ctl [--config FILE] COMMAND
+                                 the runtime API of a running postern (`postern ctl --help`)
   postern --version
 )";
 
@@ -151,6 +154,9 @@ int run(const std::string& path) {
 
 int main(int argc, char** argv) {
   std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "ctl") {
+    return admin::runCtl({args.begin() + 1, args.end()});
+  }
   if (args.size() == 1 && args[0] == "--version") {
     std::cout << "postern " << POSTERN_VERSION << '\n';
     return 0;

@@ -94,6 +94,13 @@ void Server::publishCertificates() {
     }
   }
   registry_.setCertificates(certificates);
+  if (worker_ == 0) {
+    std::vector<admin::Snapshot::Certificate> shown;
+    for (const auto& certificate : certificates) {
+      shown.push_back({certificate.subject, certificate.keyType, certificate.notAfter});
+    }
+    shared_.control.setCertificates(std::move(shown));
+  }
 }
 
 std::shared_ptr<session::ListenerContext>
@@ -114,6 +121,8 @@ Server::makeContext(const config::Listener& listener,
     context->authThrottle = shared_.throttleFor(listener);
   }
   context->port = port;
+  context->control = &shared_.control;
+  context->worker = worker_;
   // The same labels give the same series: counts go on across reloads.
   context->metrics = registry_.listener(listener.name, context->protocol->name, port,
                                         config::toString(listener.tls));
@@ -125,7 +134,7 @@ Server::makeContext(const config::Listener& listener,
 std::expected<void, std::string> Server::apply(const config::Config& config) {
   std::map<std::string, std::shared_ptr<backend::Pool>> pools;
   for (const config::Backend& backend : config.backends) {
-    auto pool = std::make_shared<backend::Pool>(backend, registry_);
+    auto pool = std::make_shared<backend::Pool>(backend, registry_, &shared_.control);
     if (!pool->error().empty()) {
       return std::unexpected("backend " + backend.name + ": " + pool->error());
     }
@@ -234,7 +243,61 @@ std::expected<void, std::string> Server::start() {
   uv_check_init(&loop_, &reaper_);
   reaper_.data = this;
   uv_check_start(&reaper_, onCheck);
+  uv_async_init(&loop_, &kickSignal_, onKicks);
+  kickSignal_.data = this;
+  shared_.control.attach(worker_, this);
+  return startAdmin();
+}
+
+std::expected<void, std::string> Server::startAdmin() {
+  if (worker_ != 0) {
+    return {};
+  }
+  publishState();
+  if (!config_.admin.enabled) {
+    return {};
+  }
+  admin_ = std::make_unique<admin::AdminServer>(&loop_, shared_.control, config_.admin.token);
+  auto port = admin_->start(config_.admin.listen);
+  if (!port) {
+    return std::unexpected("admin: cannot listen on " + config_.admin.listen.text() + ": " +
+                           port.error());
+  }
+  config::SocketAddress bound = config_.admin.listen;
+  bound.port = static_cast<std::uint16_t>(*port);
+  logging::info("admin listening", {{"address", bound.text()},
+                                    {"token", config_.admin.token.empty() ? "none" : "required"}});
   return {};
+}
+
+void Server::publishState() {
+  shared_.control.publish(std::make_shared<const config::Config>(config_), boundPorts());
+}
+
+void Server::post(std::vector<admin::Kick> kicks) {
+  {
+    std::lock_guard lock(kicksMutex_);
+    for (admin::Kick& kick : kicks) {
+      kicks_.push_back(std::move(kick));
+    }
+  }
+  uv_async_send(&kickSignal_);
+}
+
+void Server::onKicks(uv_async_t* handle) noexcept { static_cast<Server*>(handle->data)->takeKicks(); }
+
+void Server::takeKicks() {
+  std::vector<admin::Kick> kicks;
+  {
+    std::lock_guard lock(kicksMutex_);
+    kicks.swap(kicks_);
+  }
+  for (admin::Kick& kick : kicks) {
+    // A session that ended meanwhile has left its record closed; its memory may be gone.
+    if (!kick.record->closed) {
+      static_cast<session::Session*>(kick.record->session)->kick(kick.by);
+    }
+  }
 }
 
 void Server::run() { uv_run(&loop_, UV_RUN_DEFAULT); }
@@ -350,11 +413,15 @@ void Server::reload() {
   }
   if (worker_ == 0) {
     registry_.configReload(true);
+    publishState();
+    if (admin_ != nullptr) {
+      admin_->setToken(loaded->admin.token);
+    }
   }
   logging::info("reloaded", {{"config", config_.file},
                              {"listeners", std::to_string(listeners_.size())},
                              {"backends", std::to_string(pools_.size())},
-                             {"note", "workers, user, log and metrics settings apply on restart"}});
+                             {"note", "workers, user, log, metrics and admin.listen settings apply on restart"}});
 }
 
 // SPEC §9: stop accepting, let sessions finish for up to shutdown_grace, then close the rest.
@@ -363,6 +430,9 @@ void Server::beginDrain(const char* signalName) {
     return;
   }
   draining_ = true;
+  if (admin_ != nullptr) {
+    admin_->stop();
+  }
   logging::info("draining", {{"signal", signalName},
                              {"sessions", std::to_string(sessions_.size())},
                              {"grace_ms", std::to_string(config_.global.shutdown_grace.count())}});
@@ -417,6 +487,14 @@ void Server::stopLoop() {
   }
   if (reaper_.loop != nullptr && uv_is_closing(reinterpret_cast<uv_handle_t*>(&reaper_)) == 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&reaper_), nullptr);
+  }
+  if (admin_ != nullptr) {
+    admin_->stop();
+  }
+  if (kickSignal_.loop != nullptr &&
+      uv_is_closing(reinterpret_cast<uv_handle_t*>(&kickSignal_)) == 0) {
+    shared_.control.detach(worker_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&kickSignal_), nullptr);
   }
   std::vector<session::Session*> open;
   for (auto& [raw, owned] : sessions_) {

@@ -3,6 +3,8 @@
 
 #include "config/model.h"
 #include "metrics/metrics.h"
+#include "proxy/admin/admin_server.h"
+#include "proxy/admin/control.h"
 #include "proxy/backend/pool.h"
 #include "proxy/net/listener.h"
 #include "proxy/net/tcp_stream.h"
@@ -24,10 +26,11 @@
 
 namespace proxy {
 
-// What the worker threads share: the session count for max_connections, and per-listener
-// client limits (so per-IP limits hold across workers).
+// What the worker threads share: the session count for max_connections, per-listener client
+// limits (so per-IP limits hold across workers), and what the runtime API sees and changes.
 struct Shared {
   std::atomic<std::size_t> sessions{0};
+  admin::Control control;
   std::mutex mutex;
   std::map<std::string, std::shared_ptr<session::ClientLimits>> clientLimits;
   std::map<std::string, std::shared_ptr<session::AuthThrottle>> authThrottles;
@@ -37,7 +40,9 @@ struct Shared {
   std::shared_ptr<session::AuthThrottle> throttleFor(const config::Listener& listener);
 };
 
-class Server final : private session::SessionOwner, private net::TimerHandler {
+class Server final : private session::SessionOwner,
+                     private net::TimerHandler,
+                     private admin::Mailbox {
 public:
   // `worker` numbers the loop (0 logs what all workers share).
   Server(const config::Config& config, metrics::Registry& registry, Shared& shared, int worker);
@@ -79,6 +84,12 @@ private:
   void publishCertificates();
   void stopLoop();
   static void onSignal(uv_signal_t* handle, int signal) noexcept;
+  // SPEC §14: the runtime API (worker 0 serves it) and the kicks it sends to this worker.
+  std::expected<void, std::string> startAdmin();
+  void publishState();
+  void post(std::vector<admin::Kick> kicks) override; // any thread
+  void takeKicks();                                    // this loop
+  static void onKicks(uv_async_t* handle) noexcept;
   static void onCheck(uv_check_t* handle) noexcept;
 
   config::Config config_;
@@ -100,6 +111,10 @@ private:
   std::shared_ptr<tls::ServerContext> tlsContext_; // what new TLS sessions use
   bool draining_ = false;
   bool stopped_ = false;
+  std::unique_ptr<admin::AdminServer> admin_;
+  uv_async_t kickSignal_{};
+  std::mutex kicksMutex_;
+  std::vector<admin::Kick> kicks_;
 };
 
 } // namespace proxy

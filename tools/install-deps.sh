@@ -8,6 +8,7 @@ packages=(
   dovecot-core dovecot-imapd dovecot-pop3d postfix
   curl openssl python3 swaks procps prometheus testssl.sh yamllint haproxy systemd
   offlineimap3 isync dovecot-managesieved dovecot-sieve sieve-connect lintian dpkg-dev man-db
+  nlohmann-json3-dev chromium
 )
 
 missing=()

@@ -27,8 +27,8 @@ bool sameAddress(const sockaddr_storage& a, const sockaddr_storage& b) {
 
 } // namespace
 
-Pool::Pool(const config::Backend& config, metrics::Registry& registry)
-    : config_(config), registry_(registry), balancer_(makeBalancer(config.balance)),
+Pool::Pool(const config::Backend& config, metrics::Registry& registry, admin::Control* control)
+    : config_(config), registry_(registry), control_(control), balancer_(makeBalancer(config.balance)),
       metrics_(registry.backend(config.name)) {
   if (config.tls != config::TlsMode::None) {
     auto context = tls::ClientContext::create(config);
@@ -71,6 +71,12 @@ Server& Pool::add(std::size_t entry, const sockaddr_storage& address) {
   server->metrics =
       registry_.server(config_.name, server->name, config_.tls != config::TlsMode::None);
   server->metrics.up(true);
+  std::size_t order = servers_.size();
+  server->control =
+      control_ != nullptr
+          ? control_->server(config_.name, server->name, order, server->metrics)
+          : std::make_shared<admin::ServerControl>(config_.name, server->name, order,
+                                                   server->metrics);
   servers_.push_back(std::move(server));
   identitiesStale_ = true;
   Server& added = *servers_.back();
@@ -205,7 +211,8 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
       continue;
     }
     bool wasTried = std::find(tried.begin(), tried.end(), &server) != tried.end();
-    candidates_.push_back({server.identity, server.active, server.up && !wasTried});
+    bool eligible = server.up && !wasTried && server.control->takesSessions();
+    candidates_.push_back({server.identity, server.active, eligible});
     indexes_.push_back(i);
   }
   int index = balancer_->pick(candidates_, key);
@@ -215,6 +222,7 @@ Server* Pool::pick(const std::vector<const Server*>& tried, std::string_view key
   Server& chosen = *servers_[indexes_[static_cast<std::size_t>(index)]];
   chosen.metrics.selected();
   ++chosen.active;
+  ++chosen.control->active;
   chosen.metrics.activeChange(+1);
   return &chosen;
 }
@@ -239,15 +247,18 @@ void Pool::report(Server& server, bool ok, bool active, const std::string& reaso
       server.up = true;
       server.successes = 0;
       server.metrics.up(true);
+      server.control->up = true;
       logging::info("backend server up", {{"backend", config_.name}, {"server", server.name}});
     }
     return;
   }
   server.successes = 0;
+  ++server.control->errors;
   if (server.up && ++server.failures >= config_.health.fall) {
     server.up = false;
     server.failures = 0;
     server.metrics.up(false);
+    server.control->up = false;
     logging::warn("backend server down", {{"backend", config_.name},
                                           {"server", server.name},
                                           {"reason", reason},
@@ -257,6 +268,7 @@ void Pool::report(Server& server, bool ok, bool active, const std::string& reaso
 
 void Pool::release(Server& server) {
   --server.active;
+  --server.control->active;
   server.metrics.activeChange(-1);
   if (server.vanished && server.active == 0) {
     reap();

@@ -4,6 +4,7 @@
 
 #include "config/model.h"
 #include "metrics/metrics.h"
+#include "proxy/admin/control.h"
 #include "proxy/backend/balancer.h"
 #include "proxy/backend/health.h"
 #include "proxy/net/resolver.h"
@@ -39,12 +40,17 @@ struct Server {
   std::size_t active = 0;  // sessions using it now
   metrics::ServerMetrics metrics;
   std::unique_ptr<HealthChecker> checker;
+  // What every worker's pool shares about this server: the runtime API's state (drained and
+  // disabled servers take no new sessions), and the sessions and errors of all workers.
+  std::shared_ptr<admin::ServerControl> control;
 };
 
 class Pool final : private net::TimerHandler {
 public:
   // Resolves each configured server now (blocking; at start-up, before the loop runs).
-  Pool(const config::Backend& config, metrics::Registry& registry);
+  // `control`: where the runtime API sees and sets the servers' state (null: a pool of its own).
+  Pool(const config::Backend& config, metrics::Registry& registry,
+       admin::Control* control = nullptr);
   ~Pool();
 
   const config::Backend& config() const { return config_; }
@@ -89,6 +95,7 @@ private:
 
   config::Backend config_;
   metrics::Registry& registry_;
+  admin::Control* control_;
   std::vector<Entry> entries_;
   std::vector<std::unique_ptr<Server>> servers_;
   std::unique_ptr<Balancer> balancer_;

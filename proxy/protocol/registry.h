@@ -48,6 +48,8 @@ struct ProtocolInfo {
   std::string tooManyConnections;
   // Said to a client whose session postern ends at shutdown (SPEC §9).
   std::string shuttingDown;
+  // Said to a client whose session the runtime API kicks (SPEC §14).
+  std::string kicked;
   // Said to a client that did not authenticate within preauth_timeout (SPEC §8).
   std::string timedOut;
 };

@@ -45,10 +45,16 @@ void Session::relayFromBackend(std::span<const char> data) {
   lastActivity_ = timer_->now();
   bytesOut_ += data.size();
   listener_.metrics.bytesToClient(data.size());
+  if (record_ != nullptr) {
+    record_->bytesOut.store(bytesOut_, std::memory_order_relaxed);
+  }
   if (filter_ != nullptr) {
     filter_->fromBackend(data, output_);
     apply(output_);
     return;
+  }
+  if (!data.empty()) {
+    lastToClient_ = data.back();
   }
   if (client_->write(data) != 0) {
     close(metrics::CloseReason::ClientClosed);
@@ -78,6 +84,9 @@ void Session::onClientRead(std::span<const char> data) {
   lastActivity_ = timer_->now();
   bytesIn_ += data.size();
   listener_.metrics.bytesToBackend(data.size());
+  if (record_ != nullptr) {
+    record_->bytesIn.store(bytesIn_, std::memory_order_relaxed);
+  }
   if (filter_ != nullptr) {
     filter_->fromClient(data, output_);
     apply(output_);

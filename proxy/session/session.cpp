@@ -114,6 +114,10 @@ void Session::begin() {
   }
   accepted_ = true;
   listener_.metrics.accepted();
+  if (listener_.control != nullptr) {
+    record_ = listener_.control->open(listener_.worker, listener_.config.name,
+                                      listener_.protocol->name, clientAddress_, this);
+  }
   if (listener_.config.tls == config::TlsMode::Implicit) {
     startTls(clientTcp_);
   } else if (loginMode()) {
@@ -271,6 +275,9 @@ void Session::connectBackend() {
     return;
   }
   tried_.push_back(server_);
+  if (record_ != nullptr) {
+    listener_.control->setBackend(*record_, server_->addressText);
+  }
   Connecting* connecting = in<Connecting>();
   if (connecting == nullptr) {
     connecting = &enter<Connecting>();
@@ -540,9 +547,31 @@ void Session::shutdown() {
   close(metrics::CloseReason::Shutdown);
 }
 
+void Session::kick(const std::string& by) {
+  if (phase() == Phase::Closed) {
+    return;
+  }
+  logging::info("session kicked", {{"listener", listener_.config.name},
+                                   {"client", clientAddress_},
+                                   {"user", user_.empty() ? "-" : user_},
+                                   {"by", by}});
+  bool parsed = phase() == Phase::Connecting || phase() == Phase::Login ||
+                (phase() == Phase::Relaying && filter_ != nullptr);
+  // Relaying raw bytes, the goodbye can only follow a line the server finished.
+  bool betweenLines = phase() == Phase::Relaying && filter_ == nullptr && lastToClient_ == '\n';
+  if ((parsed || betweenLines) && client_ != nullptr && !clientUpgrading_) {
+    client_->write(listener_.protocol->kicked);
+  }
+  close(metrics::CloseReason::Kicked);
+}
+
 void Session::close(metrics::CloseReason reason) {
   if (phase() == Phase::Closed) {
     return;
+  }
+  if (record_ != nullptr) {
+    listener_.control->close(*record_);
+    record_.reset();
   }
   // Whatever the phase held goes now (a connector closes its connection).
   enter<Closed>();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config/model.h"
+#include "proxy/admin/control.h"
 #include "metrics/metrics.h"
 #include "proxy/backend/connector.h"
 #include "proxy/backend/pool.h"
@@ -48,6 +49,10 @@ struct ListenerContext {
   std::shared_ptr<ClientLimits> clientLimits;
   // Login mode: authentication failures per client address (shared by the workers).
   std::shared_ptr<AuthThrottle> authThrottle;
+  // SPEC §14: where live sessions are listed for the runtime API (null: not listed), and the
+  // worker whose loop runs them (kicks are carried there).
+  admin::Control* control = nullptr;
+  int worker = 0;
 };
 
 class Session;
@@ -81,6 +86,9 @@ public:
   void close(metrics::CloseReason reason);
   // Ends the session at shutdown, with the protocol's goodbye where postern holds the dialogue.
   void shutdown();
+  // Ends the session for the runtime API (close reason `kicked`), with the protocol's goodbye
+  // where postern holds the dialogue or the server's last bytes ended a line. `by`: who asked.
+  void kick(const std::string& by);
 
   Phase phase() const { return static_cast<Phase>(state_.index()); }
 
@@ -244,6 +252,9 @@ private:
   };
   std::unique_ptr<LoginState> login_;
   std::string user_; // for the access log and user_hash
+  // SPEC §14: this session as the runtime API lists it (null when not listed).
+  std::shared_ptr<admin::SessionRecord> record_;
+  char lastToClient_ = '\n'; // the last byte relayed from the backend (a line ended there?)
   static constexpr int kMaxThrottledAttempts = 3;
 };
 

@@ -176,6 +176,9 @@ void Session::loginAccepted(std::string verdict) {
   listener_.authThrottle->succeeded(login_->throttleAddress, throttleUser());
   std::string rest = login_->dialogue->acceptedRest();
   login_.reset(); // dialogue, replay and credentials (wiped): the session only relays now
+  if (record_ != nullptr) {
+    listener_.control->setUser(*record_, user_); // the API lists (and kicks) it by user now
+  }
   // The server's verdict, byte for byte.
   bytesOut_ += verdict.size();
   listener_.metrics.bytesToClient(verdict.size());

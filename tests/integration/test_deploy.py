@@ -597,6 +597,9 @@ class Dashboard(unittest.TestCase):
         self.assertIn('postern_backend_up{', text)
         self.assertIn('postern_tls_certificate_expiry_timestamp_seconds{', text)
         self.assertIn('postern_backend_certificate_expiry_timestamp_seconds{', text)
+        # Issue 17: what the runtime API did (drained/disabled servers, kicked sessions).
+        self.assertIn('postern_backend_admin_state{', text)
+        self.assertIn('reason="kicked"', text)
 
 
 # --- Against a real postern -------------------------------------------------------------------

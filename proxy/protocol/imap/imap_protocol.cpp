@@ -21,6 +21,7 @@ ProtocolInfo imapProtocol(std::string_view) {
   row.unavailable = "* BYE [UNAVAILABLE] Service temporarily unavailable\r\n";
   row.tooManyConnections = "* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
   row.shuttingDown = "* BYE [UNAVAILABLE] Server shutting down\r\n";
+  row.kicked = "* BYE Disconnected by the administrator\r\n";
   row.timedOut = "* BYE Autologout; timed out waiting for authentication\r\n";
   return row;
 }

@@ -19,6 +19,7 @@ ProtocolInfo pop3Protocol(std::string_view) {
   row.unavailable = "-ERR [SYS/TEMP] Service temporarily unavailable\r\n";
   row.tooManyConnections = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
   row.shuttingDown = "-ERR [SYS/TEMP] Server shutting down\r\n";
+  row.kicked = "-ERR [SYS/PERM] Disconnected by the administrator\r\n";
   row.timedOut = "-ERR Timed out waiting for authentication\r\n";
   return row;
 }

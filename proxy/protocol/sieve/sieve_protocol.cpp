@@ -23,6 +23,7 @@ ProtocolInfo sieveProtocol(std::string_view) {
   row.unavailable = "BYE (TRYLATER) \"Service temporarily unavailable\"\r\n";
   row.tooManyConnections = "BYE (TRYLATER) \"Too many connections, try again later\"\r\n";
   row.shuttingDown = "BYE (TRYLATER) \"Server shutting down\"\r\n";
+  row.kicked = "BYE \"Disconnected by the administrator\"\r\n";
   row.timedOut = "BYE \"Timed out waiting for authentication\"\r\n";
   return row;
 }

@@ -25,6 +25,7 @@ ProtocolInfo smtpProtocol(std::string_view hostname) {
   row.unavailable = "421 4.3.2 " + host + " Service temporarily unavailable, closing channel\r\n";
   row.tooManyConnections = "421 4.7.0 " + host + " Too many connections, try again later\r\n";
   row.shuttingDown = "421 4.3.2 " + host + " Server shutting down, closing channel\r\n";
+  row.kicked = "421 4.7.0 " + host + " Disconnected by the administrator\r\n";
   row.timedOut = "421 4.4.2 " + host + " Error: timeout exceeded\r\n";
   return row;
 }
