@@ -7,6 +7,7 @@ import os
 import poplib
 import smtplib
 import ssl
+import subprocess
 import sys
 import time
 import uuid
@@ -147,6 +148,14 @@ def main():
         for line in postern.scrape().splitlines():
             if line.startswith("postern_") and not line.endswith(" 0") and "_bucket" not in line:
                 say("   " + line)
+        say("== the runtime API: postern ctl backends (status page at http://127.0.0.1:9465/)")
+        ctl = subprocess.run([harness.postern_binary(), "ctl", "--config", CONFIG, "backends"],
+                             capture_output=True, text=True, timeout=30)
+        for line in (ctl.stdout + ctl.stderr).splitlines():
+            say("   " + line)
+        if ctl.returncode != 0:
+            failed += 1
+            say(f"   postern ctl failed (exit {ctl.returncode})")
         say("== access log")
         for line in postern.access_lines():
             say("   " + line)

@@ -254,6 +254,60 @@ backend = "pool"
   EXPECT_TRUE(errorsOf(text).empty());
 }
 
+TEST(LoadConfig, AdminIsOffUnlessListenIsSet) {
+  auto loaded = loadString(kMinimal, "postern.toml");
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_FALSE(loaded->admin.enabled);
+  std::string text = std::string("[admin]\nlisten = \"[::1]:9465\"\n") + kMinimal;
+  loaded = loadString(text, "postern.toml");
+  ASSERT_TRUE(loaded.has_value()) << ::testing::PrintToString(errorsOf(text));
+  EXPECT_TRUE(loaded->admin.enabled);
+  EXPECT_EQ(loaded->admin.listen.text(), "[::1]:9465");
+  EXPECT_EQ(loaded->admin.token, "");
+}
+
+TEST(LoadConfig, AdminOffLoopbackNeedsAToken) {
+  EXPECT_ONLY_ERROR(std::string("[admin]\nlisten = \"0.0.0.0:9465\"\n") + kMinimal,
+                    "postern.toml:2:1: admin.listen: a non-loopback admin.listen needs a token "
+                    "(token or token_file)");
+  EXPECT_TRUE(
+      errorsOf(std::string("[admin]\nlisten = \"0.0.0.0:9465\"\ntoken = \"t0k\"\n") + kMinimal)
+          .empty());
+  EXPECT_ONLY_ERROR(std::string("[admin]\nlisten = \"127.0.0.1:9465\"\ntoken = \"a b\"\n") +
+                        kMinimal,
+                    "postern.toml:3:1: admin.token: the token must be printable ASCII without "
+                    "spaces");
+  EXPECT_ONLY_ERROR(std::string("[admin]\nlisten = \"127.0.0.1:9464\"\n") + kMinimal,
+                    "postern.toml:2:1: admin.listen: address 127.0.0.1:9464 is already used by "
+                    "metrics.listen");
+}
+
+TEST(LoadConfig, AdminTokenFromAFile) {
+  auto folder = std::filesystem::temp_directory_path() / "postern-admin-token-test";
+  std::filesystem::create_directories(folder);
+  std::ofstream(folder / "token") << "from-the-file\nsecond line ignored\n";
+  std::ofstream(folder / "empty") << "\n";
+  std::string file = (folder / "postern.toml").string();
+  auto loaded = loadString(std::string("[admin]\nlisten = \"127.0.0.1:9465\"\ntoken_file = "
+                                       "\"token\"\n") +
+                               kMinimal,
+                           file);
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_EQ(loaded->admin.token, "from-the-file");
+  EXPECT_EQ(loaded->admin.token_file, (folder / "token").string());
+  for (const char* name : {"empty", "missing"}) {
+    auto refused = loadString(std::string("[admin]\nlisten = \"127.0.0.1:9465\"\ntoken_file = \"") +
+                                  name + "\"\n" + kMinimal,
+                              file);
+    ASSERT_FALSE(refused.has_value()) << name;
+    EXPECT_EQ(refused.error().front().path, "admin.token_file");
+  }
+  auto both = loadString(std::string("[admin]\ntoken = \"x\"\ntoken_file = \"token\"\n") + kMinimal, file);
+  ASSERT_FALSE(both.has_value());
+  EXPECT_EQ(both.error().front().message, "set either token or token_file, not both");
+  std::filesystem::remove_all(folder);
+}
+
 TEST(LoadConfig, DuplicateNames) {
   std::string text = std::string(kMinimal) + R"(
 [[listener]]

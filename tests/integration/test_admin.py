@@ -71,7 +71,9 @@ def tearDownModule():
 
 
 def config(admin):
+    # Two workers: sessions land on both loops, and kicks must reach each.
     return f'''[global]
+workers = 2
 shutdown_grace = "2s"
 [metrics]
 listen = "127.0.0.1:0"
