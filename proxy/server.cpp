@@ -263,6 +263,7 @@ std::expected<void, std::string> Server::startAdmin() {
     return std::unexpected("admin: cannot listen on " + config_.admin.listen.text() + ": " +
                            port.error());
   }
+  adminListen_ = config_.admin.listen;
   config::SocketAddress bound = config_.admin.listen;
   bound.port = static_cast<std::uint16_t>(*port);
   logging::info("admin listening", {{"address", bound.text()},
@@ -415,7 +416,16 @@ void Server::reload() {
     registry_.configReload(true);
     publishState();
     if (admin_ != nullptr) {
-      admin_->setToken(loaded->admin.token);
+      // The listener stays where it is until a restart, so only a config that keeps it there
+      // may change its token: the checker made sure that one is safe for that address.
+      const config::Admin& next = loaded->admin;
+      if (next.enabled && next.listen.text() == adminListen_.text()) {
+        admin_->setToken(next.token);
+      } else {
+        logging::warn("admin listener kept until restart, with its token",
+                      {{"address", adminListen_.text()},
+                       {"configured", next.enabled ? next.listen.text() : "off"}});
+      }
     }
   }
   logging::info("reloaded", {{"config", config_.file},

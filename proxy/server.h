@@ -112,6 +112,7 @@ private:
   bool draining_ = false;
   bool stopped_ = false;
   std::unique_ptr<admin::AdminServer> admin_;
+  config::SocketAddress adminListen_; // where admin_ listens (it moves only on restart)
   uv_async_t kickSignal_{};
   std::mutex kicksMutex_;
   std::vector<admin::Kick> kicks_;

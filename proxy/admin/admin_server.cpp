@@ -67,17 +67,33 @@ private:
     }
   }
   void onError(int) override { finish(); }
-  void onDrained() override {}
+  void onDrained() override {
+    if (answered_) {
+      done(); // the whole answer reached the kernel
+    }
+  }
   void onTimer() override {
     if (!answered_) {
       answer(errorResponse(408, "no complete request within 10 s"));
+      return;
     }
+    finish(); // a client that does not read its answer loses it
   }
 
   void answer(const Response& response) {
     answered_ = true;
     std::string text = response.text();
-    stream_->write(text);
+    if (stream_->write(text) != 0) {
+      finish();
+      return;
+    }
+    if (stream_->pendingBytes() == 0) {
+      done();
+    }
+    // Else the rest is queued (a long session list): onDrained closes once it is sent.
+  }
+
+  void done() {
     stream_->closeAfterFlush();
     stream_ = nullptr;
     finish();
@@ -103,7 +119,7 @@ AdminServer::AdminServer(uv_loop_t* loop, Control& control, std::string token)
 AdminServer::~AdminServer() { stop(); }
 
 std::expected<int, std::string> AdminServer::start(const config::SocketAddress& address) {
-  auto opened = net::Listener::open(loop_, address, this);
+  auto opened = net::Listener::open(loop_, address, this, /*shared=*/false);
   if (!opened) {
     return std::unexpected(opened.error());
   }

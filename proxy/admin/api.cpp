@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <ctime>
+#include <optional>
 
 namespace admin {
 
@@ -47,6 +49,69 @@ bool sameSecret(std::string_view given, std::string_view token) {
     difference |= static_cast<unsigned char>(given[i] ^ token[i]);
   }
   return difference == 0;
+}
+
+// RFC 4648 base64 (padding required), for Basic credentials; nullopt when malformed.
+std::optional<std::string> decodeBase64(std::string_view text) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') {
+      return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+      return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+      return c - '0' + 52;
+    }
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  if (text.size() % 4 != 0) {
+    return std::nullopt;
+  }
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); i += 4) {
+    int padding = (text[i + 3] == '=' ? 1 : 0) + (text[i + 2] == '=' ? 1 : 0);
+    if (padding > 0 && i + 4 != text.size()) {
+      return std::nullopt;
+    }
+    std::uint32_t group = 0;
+    for (std::size_t j = 0; j < 4; ++j) {
+      int v = j >= 4 - static_cast<std::size_t>(padding) ? 0 : value(text[i + j]);
+      if (v < 0) {
+        return std::nullopt;
+      }
+      group = group << 6 | static_cast<std::uint32_t>(v);
+    }
+    out.push_back(static_cast<char>(group >> 16));
+    if (padding < 2) {
+      out.push_back(static_cast<char>(group >> 8 & 0xff));
+    }
+    if (padding < 1) {
+      out.push_back(static_cast<char>(group & 0xff));
+    }
+  }
+  return out;
+}
+
+bool startsWithIgnoringCase(std::string_view text, std::string_view prefix) {
+  return text.size() >= prefix.size() &&
+         std::equal(prefix.begin(), prefix.end(), text.begin(),
+                    [](char a, char b) { return (a | 0x20) == (b | 0x20); });
+}
+
+// The token from `Authorization: Bearer TOKEN`, or from Basic credentials whose password is the
+// token (so a browser can open the status page: it prompts for Basic and cannot send Bearer).
+std::optional<std::string> presentedToken(std::string_view authorization) {
+  if (startsWithIgnoringCase(authorization, "bearer ")) {
+    return std::string(authorization.substr(7));
+  }
+  if (startsWithIgnoringCase(authorization, "basic ")) {
+    auto credentials = decodeBase64(authorization.substr(6));
+    if (credentials && credentials->find(':') != std::string::npos) {
+      return credentials->substr(credentials->find(':') + 1);
+    }
+  }
+  return std::nullopt;
 }
 
 // What a server's row says in one word: the API's state first, then the health checks.
@@ -115,15 +180,14 @@ Response errorResponse(int status, const std::string& message) {
 
 Response Api::handle(const http::Request& request, const std::string& remote) {
   if (!token_.empty()) {
-    std::string_view given = request.authorization;
-    bool bearer = given.size() > 7 && std::equal(given.begin(), given.begin() + 7, "bearer ",
-                                                  [](char a, char b) { return (a | 0x20) == b; });
-    if (!bearer || !sameSecret(given.substr(7), token_)) {
+    std::optional<std::string> given = presentedToken(request.authorization);
+    if (!given || !sameSecret(*given, token_)) {
       logging::warn("admin request refused", {{"client", remote},
                                               {"path", request.path},
-                                              {"reason", bearer ? "wrong token" : "no token"}});
+                                              {"reason", given ? "wrong token" : "no token"}});
       Response refused = errorResponse(401, "a valid bearer token is required");
-      refused.headers = "WWW-Authenticate: Bearer realm=\"postern\"\r\n";
+      refused.headers = "WWW-Authenticate: Bearer realm=\"postern\"\r\n"
+                        "WWW-Authenticate: Basic realm=\"postern\", charset=\"UTF-8\"\r\n";
       return refused;
     }
   }
@@ -196,15 +260,14 @@ Response Api::serverAction(const http::Request& request, const std::string& remo
   } else {
     return errorResponse(404, "no such action \"" + action + "\" (drain, disable, enable)");
   }
-  std::shared_ptr<ServerControl> server = control_.find(pool, name);
+  ServerState before = ServerState::Enabled;
+  std::shared_ptr<ServerControl> server = control_.setState(pool, name, state, before);
   if (server == nullptr) {
     Snapshot snapshot = control_.snapshot();
     bool poolKnown = snapshot.config != nullptr && snapshot.config->findBackend(pool) != nullptr;
     return errorResponse(404, poolKnown ? "pool \"" + pool + "\" has no server \"" + name + "\""
                                         : "no pool \"" + pool + "\"");
   }
-  ServerState before = server->state.load();
-  control_.setState(*server, state);
   logging::info("backend server state set", {{"backend", pool},
                                               {"server", name},
                                               {"state", toString(state)},
@@ -243,10 +306,7 @@ Response Api::kick(const http::Request& request, const std::string& remote) {
 
 Response Api::listeners() const {
   Snapshot snapshot = control_.snapshot();
-  std::map<std::string, std::size_t> active;
-  for (const SessionView& session : control_.sessions("", "")) {
-    ++active[session.listener];
-  }
+  std::map<std::string, std::size_t> active = control_.sessionsPerListener();
   json list = json::array();
   if (snapshot.config != nullptr) {
     for (const config::Listener& listener : snapshot.config->listeners) {
@@ -270,10 +330,7 @@ Response Api::listeners() const {
 Response Api::statusPage() const {
   Snapshot snapshot = control_.snapshot();
   std::vector<std::shared_ptr<ServerControl>> servers = control_.servers();
-  std::map<std::string, std::size_t> active;
-  for (const SessionView& session : control_.sessions("", "")) {
-    ++active[session.listener];
-  }
+  std::map<std::string, std::size_t> active = control_.sessionsPerListener();
   auto now = std::chrono::system_clock::now();
   std::string page = R"(<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -53,6 +53,8 @@ std::shared_ptr<ServerControl> Control::server(const std::string& pool, const st
       return live;
     }
   }
+  // Servers no pool has any more (a reload, DNS) are forgotten; a state set for one is not.
+  std::erase_if(servers_, [](const auto& entry) { return entry.second.expired(); });
   auto created = std::make_shared<ServerControl>(pool, server, order, metrics);
   ServerState state = ServerState::Enabled;
   if (auto remembered = remembered_.find(k); remembered != remembered_.end()) {
@@ -87,16 +89,25 @@ std::shared_ptr<ServerControl> Control::find(const std::string& pool,
   return found == servers_.end() ? nullptr : found->second.lock();
 }
 
-void Control::setState(ServerControl& server, ServerState state) {
+std::shared_ptr<ServerControl> Control::setState(const std::string& pool,
+                                                 const std::string& server, ServerState state,
+                                                 ServerState& before) {
   std::lock_guard lock(mutex_);
-  server.state = state;
-  server.metrics.adminState(state == ServerState::Drained, state == ServerState::Disabled);
-  std::string k = key(server.pool, server.server);
+  std::string k = key(pool, server);
+  auto found = servers_.find(k);
+  std::shared_ptr<ServerControl> live = found == servers_.end() ? nullptr : found->second.lock();
+  if (live == nullptr) {
+    return nullptr;
+  }
+  before = live->state.load();
+  live->state = state;
+  live->metrics.adminState(state == ServerState::Drained, state == ServerState::Disabled);
   if (state == ServerState::Enabled) {
     remembered_.erase(k);
   } else {
     remembered_[k] = state;
   }
+  return live;
 }
 
 std::shared_ptr<SessionRecord> Control::open(int worker, std::string listener,
@@ -151,6 +162,15 @@ std::vector<SessionView> Control::sessions(const std::string& user,
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
+}
+
+std::map<std::string, std::size_t> Control::sessionsPerListener() const {
+  std::map<std::string, std::size_t> counts;
+  std::lock_guard lock(mutex_);
+  for (const auto& [id, record] : sessions_) {
+    ++counts[record->listener];
+  }
+  return counts;
 }
 
 std::size_t Control::kick(const std::string& user, const std::string& by) {

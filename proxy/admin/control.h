@@ -107,7 +107,10 @@ public:
   // The servers some pool has now, in pool then position order; null when unknown.
   std::vector<std::shared_ptr<ServerControl>> servers() const;
   std::shared_ptr<ServerControl> find(const std::string& pool, const std::string& server) const;
-  void setState(ServerControl& server, ServerState state);
+  // Sets (and remembers) a live server's state in one step; null when no pool has the server.
+  // `before` receives the state it had.
+  std::shared_ptr<ServerControl> setState(const std::string& pool, const std::string& server,
+                                          ServerState state, ServerState& before);
 
   // Sessions.
   std::shared_ptr<SessionRecord> open(int worker, std::string listener, std::string protocol,
@@ -118,6 +121,8 @@ public:
   // Live sessions; an empty filter matches all. `client` matches the address or its IP.
   // `user` matches without regard to ASCII case.
   std::vector<SessionView> sessions(const std::string& user, const std::string& client) const;
+  // Live sessions by listener name (without copying them).
+  std::map<std::string, std::size_t> sessionsPerListener() const;
   // Asks each worker to close `user`'s sessions; returns how many were asked to close.
   std::size_t kick(const std::string& user, const std::string& by);
 

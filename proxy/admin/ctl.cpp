@@ -126,6 +126,23 @@ std::optional<Reply> exchange(const config::Admin& admin, const std::string& met
   return reply;
 }
 
+// A member of an object, or null: an answer from another version (or another service) must
+// not crash the command.
+const json& field(const json& object, const char* name) {
+  static const json kNull;
+  if (!object.is_object()) {
+    return kNull;
+  }
+  auto found = object.find(name);
+  return found == object.end() ? kNull : *found;
+}
+
+// The members of an array, or none.
+const json& items(const json& value) {
+  static const json kEmpty = json::array();
+  return value.is_array() ? value : kEmpty;
+}
+
 std::string text(const json& value) {
   if (value.is_string()) {
     return value.get<std::string>();
@@ -133,7 +150,7 @@ std::string text(const json& value) {
   if (value.is_null()) {
     return "-";
   }
-  return value.dump();
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 // Columns padded to their widest cell, two spaces apart.
@@ -164,11 +181,11 @@ void printTable(const std::vector<std::string>& header,
 
 int printBackends(const json& body) {
   std::vector<std::vector<std::string>> rows;
-  for (const json& pool : body.value("pools", json::array())) {
-    for (const json& server : pool.value("servers", json::array())) {
-      rows.push_back({text(pool["pool"]), text(server["server"]), text(server["status"]),
-                      text(server["health"]), text(server["state"]), text(server["sessions"]),
-                      text(server["errors"])});
+  for (const json& pool : items(field(body, "pools"))) {
+    for (const json& server : items(field(pool, "servers"))) {
+      rows.push_back({text(field(pool, "pool")), text(field(server, "server")), text(field(server, "status")),
+                      text(field(server, "health")), text(field(server, "state")), text(field(server, "sessions")),
+                      text(field(server, "errors"))});
     }
   }
   printTable({"POOL", "SERVER", "STATUS", "HEALTH", "STATE", "SESSIONS", "ERRORS"}, rows);
@@ -177,11 +194,11 @@ int printBackends(const json& body) {
 
 int printSessions(const json& body) {
   std::vector<std::vector<std::string>> rows;
-  for (const json& session : body.value("sessions", json::array())) {
-    rows.push_back({text(session["id"]), text(session["listener"]), text(session["protocol"]),
-                    text(session["client"]), text(session["user"]), text(session["backend"]),
-                    text(session["since"]), text(session["bytes_in"]),
-                    text(session["bytes_out"])});
+  for (const json& session : items(field(body, "sessions"))) {
+    rows.push_back({text(field(session, "id")), text(field(session, "listener")), text(field(session, "protocol")),
+                    text(field(session, "client")), text(field(session, "user")), text(field(session, "backend")),
+                    text(field(session, "since")), text(field(session, "bytes_in")),
+                    text(field(session, "bytes_out"))});
   }
   printTable({"ID", "LISTENER", "PROTOCOL", "CLIENT", "USER", "BACKEND", "SINCE", "BYTES_IN",
               "BYTES_OUT"},
@@ -191,18 +208,16 @@ int printSessions(const json& body) {
 
 int printListeners(const json& body) {
   std::vector<std::vector<std::string>> rows;
-  for (const json& listener : body.value("listeners", json::array())) {
-    rows.push_back({text(listener["name"]), text(listener["protocol"]), text(listener["listen"]),
-                    text(listener["tls"]), text(listener["mode"]), text(listener["backend"]),
-                    text(listener["sessions"])});
+  for (const json& listener : items(field(body, "listeners"))) {
+    rows.push_back({text(field(listener, "name")), text(field(listener, "protocol")), text(field(listener, "listen")),
+                    text(field(listener, "tls")), text(field(listener, "mode")), text(field(listener, "backend")),
+                    text(field(listener, "sessions"))});
   }
   printTable({"LISTENER", "PROTOCOL", "LISTEN", "TLS", "MODE", "BACKEND", "SESSIONS"}, rows);
   return 0;
 }
 
-} // namespace
-
-int runCtl(const std::vector<std::string_view>& given) {
+int runCommand(const std::vector<std::string_view>& given) {
   std::vector<std::string_view> args = given;
   std::string configPath = "/etc/postern/postern.toml";
   if (args.size() >= 2 && args[0] == "--config") {
@@ -264,7 +279,7 @@ int runCtl(const std::vector<std::string_view>& given) {
   }
   if (reply->status != 200) {
     std::cerr << "postern ctl: " << reply->status << " " << http::reasonPhrase(reply->status)
-              << ": " << text(reply->body.value("error", json("no reason given"))) << '\n';
+              << ": " << (field(reply->body, "error").is_string() ? text(field(reply->body, "error")) : "no reason given") << '\n';
     return 1;
   }
   const json& body = reply->body;
@@ -278,16 +293,28 @@ int runCtl(const std::vector<std::string_view>& given) {
     return printSessions(body);
   }
   if (command == "kick") {
-    std::size_t count = body.value("kicked", std::size_t{0});
+    const json& kicked = field(body, "kicked");
+    std::size_t count = kicked.is_number_unsigned() ? kicked.get<std::size_t>() : 0;
     std::cout << "kicked " << count << (count == 1 ? " session" : " sessions") << " of "
-              << text(body["user"]) << '\n';
+              << text(field(body, "user")) << '\n';
     return count == 0 ? 1 : 0;
   }
-  const json& server = body["server"];
-  std::cout << text(body["pool"]) << " " << text(server["server"]) << ": "
-            << text(server["state"]) << " (status " << text(server["status"]) << ", "
-            << text(server["sessions"]) << " sessions)\n";
+  const json& server = field(body, "server");
+  std::cout << text(field(body, "pool")) << " " << text(field(server, "server")) << ": "
+            << text(field(server, "state")) << " (status " << text(field(server, "status")) << ", "
+            << text(field(server, "sessions")) << " sessions)\n";
   return 0;
+}
+
+} // namespace
+
+int runCtl(const std::vector<std::string_view>& given) {
+  try {
+    return runCommand(given);
+  } catch (const std::exception& error) { // (a JSON surprise; the answers are read defensively)
+    std::cerr << "postern ctl: " << error.what() << '\n';
+    return 1;
+  }
 }
 
 } // namespace admin

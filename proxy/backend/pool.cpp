@@ -170,6 +170,7 @@ void Pool::resolved(std::size_t entry, int status, std::vector<sockaddr_storage>
       server->vanished = true;
       identitiesStale_ = true;
       server->metrics.up(false);
+      server->control->up = false;
       if (server->checker != nullptr) {
         server->checker->stop();
       }
@@ -247,9 +248,11 @@ void Pool::report(Server& server, bool ok, bool active, const std::string& reaso
       server.up = true;
       server.successes = 0;
       server.metrics.up(true);
-      server.control->up = true;
       logging::info("backend server up", {{"backend", config_.name}, {"server", server.name}});
     }
+    // What the runtime API shows follows the latest verdict of any worker's pool (a pool built
+    // by a reload starts its servers up and may never flip them).
+    server.control->up = server.up;
     return;
   }
   server.successes = 0;
@@ -258,12 +261,12 @@ void Pool::report(Server& server, bool ok, bool active, const std::string& reaso
     server.up = false;
     server.failures = 0;
     server.metrics.up(false);
-    server.control->up = false;
     logging::warn("backend server down", {{"backend", config_.name},
                                           {"server", server.name},
                                           {"reason", reason},
                                           {"check", active ? "active" : "passive"}});
   }
+  server.control->up = server.up;
 }
 
 void Pool::release(Server& server) {

@@ -9,7 +9,7 @@
 namespace net {
 
 std::expected<Listener*, std::string>
-Listener::open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler) {
+Listener::open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler, bool shared) {
   sockaddr_storage storage{};
   int status = address.ipv6 ? uv_ip6_addr(address.host.c_str(), address.port,
                                           reinterpret_cast<sockaddr_in6*>(&storage))
@@ -28,7 +28,7 @@ Listener::open(uv_loop_t* loop, const config::SocketAddress& address, Handler* h
   uv_os_fd_t fd;
   uv_fileno(reinterpret_cast<uv_handle_t*>(&listener->tcp_), &fd);
   int one = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+  if (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
     return fail(uv_translate_sys_error(errno));
   }
   unsigned flags = address.ipv6 ? UV_TCP_IPV6ONLY : 0;

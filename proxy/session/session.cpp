@@ -18,7 +18,11 @@ Session::Session(SessionOwner& owner, std::shared_ptr<ListenerContext> listener,
       pool_(listener_.pool.get()) {}
 
 Session::~Session() {
-  // close() has released everything already; this guards against a session dropped unclosed.
+  // close() has released everything already; this guards against a session dropped unclosed
+  // (a record left listed would let a kick reach freed memory).
+  if (record_ != nullptr) {
+    listener_.control->close(*record_);
+  }
   if (client_ != nullptr) {
     client_->close();
   }
@@ -330,6 +334,9 @@ void Session::releaseBackend() {
   if (server_ != nullptr) {
     pool_->release(*server_);
     server_ = nullptr;
+    if (record_ != nullptr) {
+      listener_.control->setBackend(*record_, "");
+    }
   }
 }
 

@@ -6,6 +6,7 @@ session kicked through `postern ctl kick` hears `* BYE` and is counted with clos
 page is rendered by a real headless browser (Debian's chromium) and shows the drained server.
 Everything on loopback; every process is stopped at the end."""
 
+import base64
 import imaplib
 import json
 import os
@@ -350,6 +351,30 @@ class RuntimeApi(unittest.TestCase):
         code, out = ctl("backends", config_path=guarded.config_path)
         self.assertEqual(code, 0, out)
         self.assertIn("imap-pool", out)
+        # A browser's Basic credentials with the token as the password open the page.
+        basic = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
+        request = urllib.request.Request(f"http://127.0.0.1:{guarded_port}/")
+        request.add_header("Authorization", f"Basic {basic}")
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            self.assertIn("<title>postern status</title>", reply.read().decode())
+
+    def test_a_reload_never_drops_the_token_of_a_running_listener(self):
+        with open(guarded.config_path) as f:
+            original = f.read()
+        try:
+            # The API turned off in the file: the listener stays until a restart, token and all.
+            with open(guarded.config_path, "w") as f:
+                f.write(config(""))
+            reloads = guarded.metric("postern_config_reloads_total", result="ok")
+            guarded.process.send_signal(signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: guarded.metric(
+                "postern_config_reloads_total", result="ok") == reloads + 1))
+            self.assertEqual(api("/v1/backends", port=guarded_port)[0], 401)
+            self.assertEqual(api("/v1/backends", port=guarded_port, token=TOKEN)[0], 200)
+            self.assertIn("admin listener kept until restart", guarded.log())
+        finally:
+            with open(guarded.config_path, "w") as f:
+                f.write(original)
 
     def test_ctl_exit_codes(self):
         self.assertEqual(ctl("frobnicate")[0], 2)

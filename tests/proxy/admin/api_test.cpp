@@ -132,6 +132,12 @@ TEST_F(AdminApi, TheTokenIsRequiredOnceSet) {
   EXPECT_EQ(a_->state.load(), ServerState::Enabled);
   EXPECT_EQ(call("GET", "/v1/backends", "Bearer secret").status, 200);
   EXPECT_EQ(call("GET", "/v1/backends", "bearer secret").status, 200);
+  // A browser's Basic credentials with the token as the password ("admin:secret").
+  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV0").status, 200);
+  EXPECT_EQ(call("GET", "/", "Basic OnNlY3JldA==").status, 200);       // ":secret"
+  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV1").status, 401);   // "admin:secreu"
+  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV0=").status, 401);  // bad padding
+  EXPECT_EQ(call("GET", "/", "Basic c2VjcmV0").status, 401);           // no colon
 }
 
 TEST_F(AdminApi, SessionsAreFilteredAndKickedByUser) {
