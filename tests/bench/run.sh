@@ -14,8 +14,10 @@ repo="$(cd "$here/../.." && pwd)"
 
 quick=0
 rounds=""
-peers_wanted="postern nginx haproxy stunnel hitch"
-figures_wanted="hs_ecdsa hs_rsa starttls starttls_login bulk_up bulk_down latency setup idle"
+# `ceiling` is no peer: TLS terminated inside the sink's own process (issue 18), the in-process
+# limit of this OpenSSL on this machine, which every proxy's figures are compared with.
+peers_wanted="postern ceiling nginx haproxy stunnel hitch"
+figures_wanted="hs_ecdsa hs_rsa hs_login starttls starttls_login bulk_up bulk_down latency setup idle"
 out="$repo/build/bench/results.md"
 install=1
 keep=0
@@ -135,6 +137,7 @@ build
 postern_bin="$repo/build/bench/postern/postern"
 loadgen="$repo/build/bench/tools/loadgen"
 sink_bin="$repo/build/bench/tools/sink"
+ceiling_bin="$repo/build/bench/tools/ceiling"
 
 # ------------------------------------------------------------------------------------------------
 # Certificates: one ECDSA P-256 and one RSA-2048, both for bench.test
@@ -160,6 +163,7 @@ nginx_tls=$((port_base + 1993));   nginx_starttls=$((port_base + 1144));  nginx_
 haproxy_tls=$((port_base + 2993))
 stunnel_tls=$((port_base + 3993)); stunnel_rsa=$((port_base + 3994));     stunnel_starttls=$((port_base + 3144))
 hitch_tls=$((port_base + 4993));   hitch_rsa=$((port_base + 4994))
+ceiling_tls=$((port_base + 5993)); ceiling_starttls=$((port_base + 5144))
 
 # Port of a peer for a figure; empty when the peer cannot do it.
 port_for() {
@@ -168,17 +172,17 @@ port_for() {
     starttls|starttls_login)
       case "$peer" in
         postern) echo $postern_starttls ;; nginx) echo $nginx_starttls ;;
-        stunnel) echo $stunnel_starttls ;; *) echo "" ;;
+        stunnel) echo $stunnel_starttls ;; ceiling) echo $ceiling_starttls ;; *) echo "" ;;
       esac ;;
     hs_rsa)
       case "$peer" in
         postern) echo $postern_tls ;; nginx) echo $nginx_tls ;; haproxy) echo $haproxy_tls ;;
-        stunnel) echo $stunnel_rsa ;; hitch) echo $hitch_rsa ;;
+        stunnel) echo $stunnel_rsa ;; hitch) echo $hitch_rsa ;; ceiling) echo $ceiling_tls ;;
       esac ;;
     *)
       case "$peer" in
         postern) echo $postern_tls ;; nginx) echo $nginx_tls ;; haproxy) echo $haproxy_tls ;;
-        stunnel) echo $stunnel_tls ;; hitch) echo $hitch_tls ;;
+        stunnel) echo $stunnel_tls ;; hitch) echo $hitch_tls ;; ceiling) echo $ceiling_tls ;;
       esac ;;
   esac
 }
@@ -397,6 +401,8 @@ start_peer() {
     haproxy) start_named haproxy haproxy -db -f "$run_dir/haproxy.cfg" ;;
     stunnel) start_named stunnel stunnel4 "$run_dir/stunnel.conf" ;;
     hitch) start_named hitch hitch --config="$run_dir/hitch.conf" ;;
+    ceiling) start_named ceiling "$ceiling_bin" --port "$ceiling_tls" --starttls-port "$ceiling_starttls" \
+               --cert "$certs/ecdsa.pem" --key "$certs/ecdsa.key" --cert "$certs/rsa.pem" --key "$certs/rsa.key" ;;
   esac
   if ! wait_ready "$(port_for "$peer" hs_ecdsa)"; then
     log "$peer did not come up; see $run_dir/$peer.out"
@@ -500,6 +506,8 @@ run_figure() { # figure peer round
                 --concurrency $concurrency --duration $load_s "${watch[@]}" ;;
     hs_rsa) measure "$figure" "$peer" "$round" --mode handshake --port "$port" --sigalgs rsa \
                 --concurrency $concurrency --duration $load_s "${watch[@]}" ;;
+    hs_login) measure "$figure" "$peer" "$round" --mode handshake --login --port "$port" --sigalgs ecdsa \
+                --concurrency $concurrency --duration $load_s "${watch[@]}" ;;
     starttls) measure "$figure" "$peer" "$round" --mode starttls --port "$port" --sigalgs ecdsa \
                 --concurrency $concurrency --duration $load_s "${watch[@]}" ;;
     starttls_login) measure "$figure" "$peer" "$round" --mode starttls --login --port "$port" \
@@ -527,7 +535,7 @@ run_figure() { # figure peer round
   esac
 }
 
-all_figures=(hs_ecdsa hs_rsa starttls starttls_login bulk_up bulk_down latency setup idle)
+all_figures=(hs_ecdsa hs_rsa hs_login starttls starttls_login bulk_up bulk_down latency setup idle)
 crypto_floor
 started_at=$(date +%s)
 for round in $(seq 1 "$rounds"); do
