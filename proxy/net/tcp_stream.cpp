@@ -88,9 +88,11 @@ TcpStream* TcpStream::connect(uv_loop_t* loop, const sockaddr* address, StreamHa
   auto* stream = new TcpStream(handler);
   uv_tcp_init(loop, &stream->tcp_);
   stream->tcp_.data = stream;
-  stream->connectRequest_.data = stream;
-  status = uv_tcp_connect(&stream->connectRequest_, &stream->tcp_, address, onConnectDone);
+  auto* request = new uv_connect_t;
+  request->data = stream;
+  status = uv_tcp_connect(request, &stream->tcp_, address, onConnectDone);
   if (status != 0) {
+    delete request;
     stream->handler_ = nullptr;
     stream->close();
     return nullptr;
@@ -103,18 +105,27 @@ TcpStream* TcpStream::connect(uv_loop_t* loop, const sockaddr* address, StreamHa
 void TcpStream::fillAddresses() {
   int length = sizeof peer_;
   uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&peer_), &length);
-  length = sizeof local_;
-  uv_tcp_getsockname(&tcp_, reinterpret_cast<sockaddr*>(&local_), &length);
+}
+
+sockaddr_storage TcpStream::local() const {
+  sockaddr_storage local{};
+  int length = sizeof local;
+  uv_tcp_getsockname(&tcp_, reinterpret_cast<sockaddr*>(&local), &length);
+  return local;
 }
 
 void TcpStream::onConnectDone(uv_connect_t* request, int status) noexcept {
+  // libuv calls this before the close callback, even for a stream closed meanwhile
+  // (UV_ECANCELED): the stream is still there.
   auto* stream = static_cast<TcpStream*>(request->data);
+  delete request;
   if (stream->closing_ || stream->handler_ == nullptr) {
     return;
   }
   if (status == 0) {
+    // The peer is the address connected to (set by connect()); the local address of a backend
+    // connection is never asked for, so neither costs a system call.
     uv_tcp_nodelay(&stream->tcp_, 1);
-    stream->fillAddresses();
   }
   stream->handler_->onConnected(status);
 }
@@ -225,15 +236,20 @@ void TcpStream::shutdownWrite() {
     return;
   }
   shutdown_ = true;
-  shutdownRequest_.data = this;
-  if (uv_shutdown(&shutdownRequest_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdownDone) != 0 &&
-      closeWhenFlushed_) {
-    close();
+  auto* request = new uv_shutdown_t;
+  request->data = this;
+  if (uv_shutdown(request, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdownDone) != 0) {
+    delete request;
+    if (closeWhenFlushed_) {
+      close();
+    }
   }
 }
 
 void TcpStream::onShutdownDone(uv_shutdown_t* request, int) noexcept {
+  // Called before the close callback (UV_ECANCELED for a stream closed meanwhile).
   auto* stream = static_cast<TcpStream*>(request->data);
+  delete request;
   stream->shutdownDone_ = true;
   if (stream->closeWhenFlushed_) {
     stream->close();

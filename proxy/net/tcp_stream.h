@@ -66,7 +66,8 @@ public:
   void closeAfterFlush() override;
 
   const sockaddr_storage& peer() const override { return peer_; }
-  const sockaddr_storage& local() const { return local_; }
+  // The address the peer connected to (asked of the kernel when wanted: only a client's is).
+  sockaddr_storage local() const;
   uv_loop_t* loop() const { return tcp_.loop; }
 
   // Stacks a layer (TLS) on this stream; it is freed together with the stream.
@@ -86,11 +87,10 @@ private:
   void fillAddresses();
 
   uv_tcp_t tcp_{};
-  uv_connect_t connectRequest_{};
-  uv_shutdown_t shutdownRequest_{};
+  // The connect and shutdown requests are allocated when made (each stream makes at most one
+  // of each, and an idle session none): 176 bytes less per stream that sit in memory.
   StreamHandler* handler_;
   sockaddr_storage peer_{};
-  sockaddr_storage local_{};
   std::size_t pendingBytes_ = 0;
   bool reading_ = false;
   bool shutdown_ = false;
