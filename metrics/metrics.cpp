@@ -19,7 +19,7 @@ namespace metrics {
 
 const char* toString(CloseReason reason) {
   static constexpr std::array<const char*, kCloseReasons> names = {
-      "client_closed", "backend_closed",      "timeout", "protocol_error",
+      "client_closed", "backend_closed",      "timeout",  "protocol_error",
       "tls_error",     "backend_unavailable", "shutdown", "kicked"};
   return names[static_cast<int>(reason)];
 }

@@ -285,7 +285,9 @@ void Server::post(std::vector<admin::Kick> kicks) {
   uv_async_send(&kickSignal_);
 }
 
-void Server::onKicks(uv_async_t* handle) noexcept { static_cast<Server*>(handle->data)->takeKicks(); }
+void Server::onKicks(uv_async_t* handle) noexcept {
+  static_cast<Server*>(handle->data)->takeKicks();
+}
 
 void Server::takeKicks() {
   std::vector<admin::Kick> kicks;
@@ -428,10 +430,12 @@ void Server::reload() {
       }
     }
   }
-  logging::info("reloaded", {{"config", config_.file},
-                             {"listeners", std::to_string(listeners_.size())},
-                             {"backends", std::to_string(pools_.size())},
-                             {"note", "workers, user, log, metrics and admin.listen settings apply on restart"}});
+  logging::info(
+      "reloaded",
+      {{"config", config_.file},
+       {"listeners", std::to_string(listeners_.size())},
+       {"backends", std::to_string(pools_.size())},
+       {"note", "workers, user, log, metrics and admin.listen settings apply on restart"}});
 }
 
 // SPEC §9: stop accepting, let sessions finish for up to shutdown_grace, then close the rest.

@@ -88,7 +88,7 @@ private:
   std::expected<void, std::string> startAdmin();
   void publishState();
   void post(std::vector<admin::Kick> kicks) override; // any thread
-  void takeKicks();                                    // this loop
+  void takeKicks();                                   // this loop
   static void onKicks(uv_async_t* handle) noexcept;
   static void onCheck(uv_check_t* handle) noexcept;
 

@@ -269,10 +269,10 @@ Response Api::serverAction(const http::Request& request, const std::string& remo
                                         : "no pool \"" + pool + "\"");
   }
   logging::info("backend server state set", {{"backend", pool},
-                                              {"server", name},
-                                              {"state", toString(state)},
-                                              {"was", toString(before)},
-                                              {"by", remote}});
+                                             {"server", name},
+                                             {"state", toString(state)},
+                                             {"was", toString(before)},
+                                             {"by", remote}});
   return jsonResponse({{"pool", pool}, {"server", serverJson(*server)}});
 }
 

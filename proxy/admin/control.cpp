@@ -89,9 +89,8 @@ std::shared_ptr<ServerControl> Control::find(const std::string& pool,
   return found == servers_.end() ? nullptr : found->second.lock();
 }
 
-std::shared_ptr<ServerControl> Control::setState(const std::string& pool,
-                                                 const std::string& server, ServerState state,
-                                                 ServerState& before) {
+std::shared_ptr<ServerControl> Control::setState(const std::string& pool, const std::string& server,
+                                                 ServerState state, ServerState& before) {
   std::lock_guard lock(mutex_);
   std::string k = key(pool, server);
   auto found = servers_.find(k);
@@ -110,9 +109,8 @@ std::shared_ptr<ServerControl> Control::setState(const std::string& pool,
   return live;
 }
 
-std::shared_ptr<SessionRecord> Control::open(int worker, std::string listener,
-                                             std::string protocol, std::string client,
-                                             void* session) {
+std::shared_ptr<SessionRecord> Control::open(int worker, std::string listener, std::string protocol,
+                                             std::string client, void* session) {
   auto record = std::make_shared<SessionRecord>();
   record->worker = worker;
   record->listener = std::move(listener);
@@ -154,8 +152,8 @@ std::vector<SessionView> Control::sessions(const std::string& user,
       if (!client.empty() && record->client != client && ipOf(record->client) != client) {
         continue;
       }
-      out.push_back({record->id, record->listener, record->protocol, record->client,
-                     record->user, record->backend, record->since,
+      out.push_back({record->id, record->listener, record->protocol, record->client, record->user,
+                     record->backend, record->since,
                      record->bytesIn.load(std::memory_order_relaxed),
                      record->bytesOut.load(std::memory_order_relaxed)});
     }

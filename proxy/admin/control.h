@@ -34,12 +34,14 @@ struct ServerControl {
   const std::string server; // "ip:port", as the metrics label it
   const std::size_t order;  // its position in the pool, for listings
   std::atomic<ServerState> state{ServerState::Enabled};
-  std::atomic<int> active{0};     // sessions on it now, all workers
-  std::atomic<bool> up{true};     // as the health checks last said
+  std::atomic<int> active{0};           // sessions on it now, all workers
+  std::atomic<bool> up{true};           // as the health checks last said
   std::atomic<std::uint64_t> errors{0}; // failed connects, checks and greetings
   metrics::ServerMetrics metrics;
 
-  bool takesSessions() const { return state.load(std::memory_order_relaxed) == ServerState::Enabled; }
+  bool takesSessions() const {
+    return state.load(std::memory_order_relaxed) == ServerState::Enabled;
+  }
 };
 
 // One live session, as the API lists it. The worker that owns the session writes it; the API

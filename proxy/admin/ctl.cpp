@@ -183,8 +183,9 @@ int printBackends(const json& body) {
   std::vector<std::vector<std::string>> rows;
   for (const json& pool : items(field(body, "pools"))) {
     for (const json& server : items(field(pool, "servers"))) {
-      rows.push_back({text(field(pool, "pool")), text(field(server, "server")), text(field(server, "status")),
-                      text(field(server, "health")), text(field(server, "state")), text(field(server, "sessions")),
+      rows.push_back({text(field(pool, "pool")), text(field(server, "server")),
+                      text(field(server, "status")), text(field(server, "health")),
+                      text(field(server, "state")), text(field(server, "sessions")),
                       text(field(server, "errors"))});
     }
   }
@@ -195,22 +196,24 @@ int printBackends(const json& body) {
 int printSessions(const json& body) {
   std::vector<std::vector<std::string>> rows;
   for (const json& session : items(field(body, "sessions"))) {
-    rows.push_back({text(field(session, "id")), text(field(session, "listener")), text(field(session, "protocol")),
-                    text(field(session, "client")), text(field(session, "user")), text(field(session, "backend")),
+    rows.push_back({text(field(session, "id")), text(field(session, "listener")),
+                    text(field(session, "protocol")), text(field(session, "client")),
+                    text(field(session, "user")), text(field(session, "backend")),
                     text(field(session, "since")), text(field(session, "bytes_in")),
                     text(field(session, "bytes_out"))});
   }
-  printTable({"ID", "LISTENER", "PROTOCOL", "CLIENT", "USER", "BACKEND", "SINCE", "BYTES_IN",
-              "BYTES_OUT"},
-             rows);
+  printTable(
+      {"ID", "LISTENER", "PROTOCOL", "CLIENT", "USER", "BACKEND", "SINCE", "BYTES_IN", "BYTES_OUT"},
+      rows);
   return 0;
 }
 
 int printListeners(const json& body) {
   std::vector<std::vector<std::string>> rows;
   for (const json& listener : items(field(body, "listeners"))) {
-    rows.push_back({text(field(listener, "name")), text(field(listener, "protocol")), text(field(listener, "listen")),
-                    text(field(listener, "tls")), text(field(listener, "mode")), text(field(listener, "backend")),
+    rows.push_back({text(field(listener, "name")), text(field(listener, "protocol")),
+                    text(field(listener, "listen")), text(field(listener, "tls")),
+                    text(field(listener, "mode")), text(field(listener, "backend")),
                     text(field(listener, "sessions"))});
   }
   printTable({"LISTENER", "PROTOCOL", "LISTEN", "TLS", "MODE", "BACKEND", "SESSIONS"}, rows);
@@ -279,7 +282,10 @@ int runCommand(const std::vector<std::string_view>& given) {
   }
   if (reply->status != 200) {
     std::cerr << "postern ctl: " << reply->status << " " << http::reasonPhrase(reply->status)
-              << ": " << (field(reply->body, "error").is_string() ? text(field(reply->body, "error")) : "no reason given") << '\n';
+              << ": "
+              << (field(reply->body, "error").is_string() ? text(field(reply->body, "error"))
+                                                          : "no reason given")
+              << '\n';
     return 1;
   }
   const json& body = reply->body;

@@ -58,7 +58,8 @@ std::string Request::parameter(std::string_view name) const {
 }
 
 bool Request::hasParameter(std::string_view name) const {
-  return std::any_of(query.begin(), query.end(), [&](const auto& entry) { return entry.first == name; });
+  return std::any_of(query.begin(), query.end(),
+                     [&](const auto& entry) { return entry.first == name; });
 }
 
 bool percentDecode(std::string_view text, std::string& out, bool plusIsSpace) {
@@ -187,7 +188,8 @@ RequestReader::Status RequestReader::parse() {
     std::string key;
     std::string value;
     if (!percentDecode(pair.substr(0, equals), key, true) ||
-        (equals != std::string_view::npos && !percentDecode(pair.substr(equals + 1), value, true))) {
+        (equals != std::string_view::npos &&
+         !percentDecode(pair.substr(equals + 1), value, true))) {
       return refuse(400, "malformed escape in the query");
     }
     request_.query.emplace_back(std::move(key), std::move(value));

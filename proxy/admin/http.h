@@ -12,8 +12,8 @@
 namespace admin::http {
 
 struct Request {
-  std::string method; // "GET", "POST", ...
-  std::string path;   // percent-decoded, without the query
+  std::string method;                                     // "GET", "POST", ...
+  std::string path;                                       // percent-decoded, without the query
   std::vector<std::pair<std::string, std::string>> query; // decoded, in order
   std::string authorization;                              // the header's value, as sent
 

@@ -28,8 +28,8 @@ bool sameAddress(const sockaddr_storage& a, const sockaddr_storage& b) {
 } // namespace
 
 Pool::Pool(const config::Backend& config, metrics::Registry& registry, admin::Control* control)
-    : config_(config), registry_(registry), control_(control), balancer_(makeBalancer(config.balance)),
-      metrics_(registry.backend(config.name)) {
+    : config_(config), registry_(registry), control_(control),
+      balancer_(makeBalancer(config.balance)), metrics_(registry.backend(config.name)) {
   if (config.tls != config::TlsMode::None) {
     auto context = tls::ClientContext::create(config);
     if (context) {
@@ -72,11 +72,10 @@ Server& Pool::add(std::size_t entry, const sockaddr_storage& address) {
       registry_.server(config_.name, server->name, config_.tls != config::TlsMode::None);
   server->metrics.up(true);
   std::size_t order = servers_.size();
-  server->control =
-      control_ != nullptr
-          ? control_->server(config_.name, server->name, order, server->metrics)
-          : std::make_shared<admin::ServerControl>(config_.name, server->name, order,
-                                                   server->metrics);
+  server->control = control_ != nullptr
+                        ? control_->server(config_.name, server->name, order, server->metrics)
+                        : std::make_shared<admin::ServerControl>(config_.name, server->name, order,
+                                                                 server->metrics);
   servers_.push_back(std::move(server));
   identitiesStale_ = true;
   Server& added = *servers_.back();

@@ -8,8 +8,9 @@
 
 namespace net {
 
-std::expected<Listener*, std::string>
-Listener::open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler, bool shared) {
+std::expected<Listener*, std::string> Listener::open(uv_loop_t* loop,
+                                                     const config::SocketAddress& address,
+                                                     Handler* handler, bool shared) {
   sockaddr_storage storage{};
   int status = address.ipv6 ? uv_ip6_addr(address.host.c_str(), address.port,
                                           reinterpret_cast<sockaddr_in6*>(&storage))

@@ -24,8 +24,7 @@ public:
   // `shared`: SO_REUSEPORT, so every worker loop binds the same port. A port only one loop
   // serves (the runtime API) is bound exclusively: a second process cannot take half of it.
   static std::expected<Listener*, std::string>
-  open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler,
-       bool shared = true);
+  open(uv_loop_t* loop, const config::SocketAddress& address, Handler* handler, bool shared = true);
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
   int port() const { return port_; }

@@ -3,8 +3,8 @@
 #pragma once
 
 #include "config/model.h"
-#include "proxy/admin/control.h"
 #include "metrics/metrics.h"
+#include "proxy/admin/control.h"
 #include "proxy/backend/connector.h"
 #include "proxy/backend/pool.h"
 #include "proxy/net/byte_stream.h"

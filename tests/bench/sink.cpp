@@ -186,8 +186,8 @@ void pumpDownload(Session* session) {
   if (session->ssl != nullptr) {
     // Encrypted 64 KiB at a time; a marker write after each batch calls back here.
     while (session->downloadLeft > 0 && uv_stream_get_write_queue_size(stream) < kMaxQueued) {
-      std::size_t n = static_cast<std::size_t>(
-          std::min<unsigned long long>(session->downloadLeft, 64 * 1024));
+      std::size_t n =
+          static_cast<std::size_t>(std::min<unsigned long long>(session->downloadLeft, 64 * 1024));
       if (SSL_write(session->ssl, gPayload, static_cast<int>(n)) <= 0) {
         closeSession(session);
         return;
@@ -359,7 +359,8 @@ bool handleLine(Session* session, std::string_view line) {
     return false;
   }
 #ifdef BENCH_TLS
-  if (!session->commandIsUpload && equalsIgnoringCase(verb, "STARTTLS") && session->ssl == nullptr) {
+  if (!session->commandIsUpload && equalsIgnoringCase(verb, "STARTTLS") &&
+      session->ssl == nullptr) {
     sendRaw(session, tag + " OK begin TLS now\r\n");
     startTls(session);
     return false; // consume() hands the rest of the read to TLS

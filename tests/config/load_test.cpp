@@ -302,7 +302,8 @@ TEST(LoadConfig, AdminTokenFromAFile) {
     ASSERT_FALSE(refused.has_value()) << name;
     EXPECT_EQ(refused.error().front().path, "admin.token_file");
   }
-  auto both = loadString(std::string("[admin]\ntoken = \"x\"\ntoken_file = \"token\"\n") + kMinimal, file);
+  auto both =
+      loadString(std::string("[admin]\ntoken = \"x\"\ntoken_file = \"token\"\n") + kMinimal, file);
   ASSERT_FALSE(both.has_value());
   EXPECT_EQ(both.error().front().message, "set either token or token_file, not both");
   std::filesystem::remove_all(folder);

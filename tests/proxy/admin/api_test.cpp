@@ -36,8 +36,10 @@ protected:
     listener.mode = config::Mode::Login;
     config->listeners.push_back(listener);
     control_.publish(config, {{"imap", 1143}});
-    a_ = control_.server("imap-pool", "10.0.0.1:143", 0, registry_.server("imap-pool", "10.0.0.1:143", false));
-    b_ = control_.server("imap-pool", "10.0.0.2:143", 1, registry_.server("imap-pool", "10.0.0.2:143", false));
+    a_ = control_.server("imap-pool", "10.0.0.1:143", 0,
+                         registry_.server("imap-pool", "10.0.0.1:143", false));
+    b_ = control_.server("imap-pool", "10.0.0.2:143", 1,
+                         registry_.server("imap-pool", "10.0.0.2:143", false));
     control_.attach(0, &mailbox_);
   }
 
@@ -85,8 +87,8 @@ TEST_F(AdminApi, DrainDisableEnable) {
   EXPECT_EQ(call("POST", "/v1/backends/imap-pool/10.0.0.2%3A143/disable").status, 200);
   EXPECT_EQ(b_->state.load(), ServerState::Disabled);
   EXPECT_EQ(body(call("GET", "/v1/backends"))["pools"][0]["servers"][1]["status"], "disabled");
-  EXPECT_NE(registry_.render().find(
-                "postern_backend_admin_state{backend=\"imap-pool\",server=\"10.0.0.2:143\",state=\"disabled\"} 1"),
+  EXPECT_NE(registry_.render().find("postern_backend_admin_state{backend=\"imap-pool\",server=\"10."
+                                    "0.0.2:143\",state=\"disabled\"} 1"),
             std::string::npos);
   EXPECT_EQ(call("POST", "/v1/backends/imap-pool/10.0.0.2:143/enable").status, 200);
   EXPECT_TRUE(b_->takesSessions());
@@ -134,10 +136,10 @@ TEST_F(AdminApi, TheTokenIsRequiredOnceSet) {
   EXPECT_EQ(call("GET", "/v1/backends", "bearer secret").status, 200);
   // A browser's Basic credentials with the token as the password ("admin:secret").
   EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV0").status, 200);
-  EXPECT_EQ(call("GET", "/", "Basic OnNlY3JldA==").status, 200);       // ":secret"
-  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV1").status, 401);   // "admin:secreu"
-  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV0=").status, 401);  // bad padding
-  EXPECT_EQ(call("GET", "/", "Basic c2VjcmV0").status, 401);           // no colon
+  EXPECT_EQ(call("GET", "/", "Basic OnNlY3JldA==").status, 200);      // ":secret"
+  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV1").status, 401);  // "admin:secreu"
+  EXPECT_EQ(call("GET", "/", "Basic YWRtaW46c2VjcmV0=").status, 401); // bad padding
+  EXPECT_EQ(call("GET", "/", "Basic c2VjcmV0").status, 401);          // no colon
 }
 
 TEST_F(AdminApi, SessionsAreFilteredAndKickedByUser) {
