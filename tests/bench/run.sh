@@ -419,6 +419,17 @@ stop_peer() {
   fi
 }
 
+# A port something else already listens on would take part of a figure's sessions (SO_REUSEPORT
+# lets postern and HAProxy share one silently): refuse to measure rather than mix processes.
+for port in $sink_port $postern_tls $postern_starttls $postern_metrics $nginx_tls $nginx_starttls \
+    $nginx_auth $haproxy_tls $stunnel_tls $stunnel_rsa $stunnel_starttls $hitch_tls $hitch_rsa \
+    $ceiling_tls $ceiling_starttls; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    log "port $port is already in use (BENCH_PORT_BASE moves every port): $(ss -Hltnp "sport = :$port")"
+    exit 1
+  fi
+done
+
 start_named sink "$sink_bin" --port "$sink_port"
 wait_ready "$sink_port" --plain || { log "the sink did not start"; exit 1; }
 
