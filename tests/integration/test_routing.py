@@ -141,6 +141,12 @@ def last_access(listener, user=None):
     return None
 
 
+def listener_lines(listener):
+    """The access-log lines of one listener: waiting on them, an earlier test's session of
+    another listener ending meanwhile cannot stand in for the one awaited."""
+    return [line for line in postern.access_lines() if f" listener={listener} " in line]
+
+
 def field(line, key):
     return line.split(f" {key}=", 1)[1].split(" ", 1)[0]
 
@@ -148,12 +154,12 @@ def field(line, key):
 class SniRoutes(unittest.TestCase):
     def login_with_sni(self, server_name):
         """One IMAPS login sending `server_name` as SNI (None: none); its access-log line."""
-        before = len(postern.access_lines())
+        before = len(listener_lines("imaps"))
         host, port = postern.address("imaps")
         with imaplib.IMAP4_SSL(host, port, ssl_context=sni_context(server_name)) as imap:
             imap.login(USER, PASSWORD)
             imap.logout()
-        self.assertTrue(harness.wait_until(lambda: len(postern.access_lines()) > before))
+        self.assertTrue(harness.wait_until(lambda: len(listener_lines("imaps")) > before))
         return last_access("imaps")
 
     def test_server_names_pick_the_tenants_pools(self):
@@ -179,14 +185,14 @@ class SniRoutes(unittest.TestCase):
 
     def test_openssl_s_client_servername(self):
         host, port = postern.address("imaps")
-        before = len(postern.access_lines())
+        before = len(listener_lines("imaps"))
         done = subprocess.run(
             ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername",
              "imap.tenant-b.example", "-CAfile", pki.path("ca.pem"), "-quiet"],
             input=f"a LOGIN {USER} {PASSWORD}\r\nb LOGOUT\r\n", capture_output=True, text=True,
             timeout=30)
         self.assertIn("a OK", done.stdout, done.stdout + done.stderr)
-        self.assertTrue(harness.wait_until(lambda: len(postern.access_lines()) > before))
+        self.assertTrue(harness.wait_until(lambda: len(listener_lines("imaps")) > before))
         line = last_access("imaps")
         self.assertEqual(field(line, "backend"), f"{tenant_b.host}:{tenant_b.imap_port}", line)
 
