@@ -168,6 +168,7 @@ void TcpStream::onReadDone(uv_stream_t* handle, ssize_t nread, const uv_buf_t* b
     return;
   }
   if (nread == UV_EOF) {
+    stream->peerEnded_ = true;
     stream->pauseReading();
     stream->handler_->onEnd();
     return;
@@ -263,9 +264,11 @@ void TcpStream::closeAfterFlush() {
   }
   pauseReading();
   closeWhenFlushed_ = true;
-  if (shutdownDone_ || pendingBytes_ > 0) {
-    // Either nothing is left to flush, or the other side is not reading what it was sent
-    // already; waiting for it would let a client hold the descriptor.
+  if (shutdownDone_ || pendingBytes_ > 0 || peerEnded_) {
+    // Either nothing is left to flush; or the other side is not reading what it was sent
+    // already, and waiting for it would let a client hold the descriptor; or the other side has
+    // ended, and the close's own FIN follows what the kernel holds (a shutdown first would
+    // only cost a system call, failing with ENOTCONN once the peer has gone).
     close();
     return;
   }

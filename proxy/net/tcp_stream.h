@@ -70,6 +70,10 @@ public:
   sockaddr_storage local() const;
   uv_loop_t* loop() const { return tcp_.loop; }
 
+  // The peer will send nothing more (a layer above saw it say so: TLS close_notify); its FIN,
+  // read here, says the same. closeAfterFlush() then closes without a shutdown first.
+  void notePeerEnded() { peerEnded_ = true; }
+
   // Stacks a layer (TLS) on this stream; it is freed together with the stream.
   void adopt(std::unique_ptr<StreamLayer> layer) { layer_ = std::move(layer); }
 
@@ -97,6 +101,7 @@ private:
   bool shutdownDone_ = false;
   bool closing_ = false;
   bool closeWhenFlushed_ = false;
+  bool peerEnded_ = false; // its FIN was read
 };
 
 } // namespace net

@@ -94,6 +94,7 @@ void TlsStream::afterEngine(tls::Engine::State state) {
   case tls::Engine::State::Closed:
     if (!ended_) {
       ended_ = true;
+      tcp_->notePeerEnded();
       tcp_->pauseReading();
       if (handler_ != nullptr) {
         handler_->onEnd();

@@ -188,7 +188,9 @@ void Session::onBackendDrained() {
 }
 
 // Half-close: the side that finished sending has its FIN passed on once its bytes are through;
-// the session ends when both directions have finished.
+// the session ends when both directions have finished. The FIN towards a side that has ended
+// already is left to the close (its own FIN, after close_notify on TLS): a shutdown there is a
+// system call that changes nothing.
 void Session::onClientEnd() {
   if (phase() != Phase::Relaying) {
     // (Before a PROXY header was complete this is a refused connection, counted as such.)
@@ -203,7 +205,9 @@ void Session::onClientEnd() {
       return;
     }
   }
-  backend_->shutdownWrite();
+  if (!std::get<Relaying>(state_).backendEnded) {
+    backend_->shutdownWrite();
+  }
   finishIfBothEnded(std::get<Relaying>(state_).backendEnded ? metrics::CloseReason::BackendClosed
                                                             : metrics::CloseReason::ClientClosed);
 }
@@ -225,7 +229,9 @@ void Session::onBackendEnd() {
       return;
     }
   }
-  client_->shutdownWrite();
+  if (!std::get<Relaying>(state_).clientEnded) {
+    client_->shutdownWrite();
+  }
   finishIfBothEnded(std::get<Relaying>(state_).clientEnded ? metrics::CloseReason::ClientClosed
                                                            : metrics::CloseReason::BackendClosed);
 }
