@@ -3,6 +3,7 @@
 #include "proxy/admin/api.h"
 
 #include "proxy/log.h"
+#include "proxy/protocol/line_reader.h"
 
 #include <nlohmann/json.hpp>
 
@@ -93,19 +94,13 @@ std::optional<std::string> decodeBase64(std::string_view text) {
   return out;
 }
 
-bool startsWithIgnoringCase(std::string_view text, std::string_view prefix) {
-  return text.size() >= prefix.size() &&
-         std::equal(prefix.begin(), prefix.end(), text.begin(),
-                    [](char a, char b) { return (a | 0x20) == (b | 0x20); });
-}
-
 // The token from `Authorization: Bearer TOKEN`, or from Basic credentials whose password is the
 // token (so a browser can open the status page: it prompts for Basic and cannot send Bearer).
 std::optional<std::string> presentedToken(std::string_view authorization) {
-  if (startsWithIgnoringCase(authorization, "bearer ")) {
+  if (protocol::startsWithNoCase(authorization, "bearer ")) {
     return std::string(authorization.substr(7));
   }
-  if (startsWithIgnoringCase(authorization, "basic ")) {
+  if (protocol::startsWithNoCase(authorization, "basic ")) {
     auto credentials = decodeBase64(authorization.substr(6));
     if (credentials && credentials->find(':') != std::string::npos) {
       return credentials->substr(credentials->find(':') + 1);

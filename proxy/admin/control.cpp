@@ -1,18 +1,13 @@
 // The runtime API's shared state: servers' administrative states, live sessions, kicks.
 #include "proxy/admin/control.h"
 
+#include "proxy/protocol/line_reader.h"
+
 #include <algorithm>
 
 namespace admin {
 
 namespace {
-
-bool equalsIgnoringCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-           return lower(x) == lower(y);
-         });
-}
 
 // "1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1".
 std::string_view ipOf(std::string_view address) {
@@ -146,7 +141,7 @@ std::vector<SessionView> Control::sessions(const std::string& user,
   {
     std::lock_guard lock(mutex_);
     for (const auto& [id, record] : sessions_) {
-      if (!user.empty() && !equalsIgnoringCase(record->user, user)) {
+      if (!user.empty() && !protocol::equalsNoCase(record->user, user)) {
         continue;
       }
       if (!client.empty() && record->client != client && ipOf(record->client) != client) {
@@ -176,7 +171,7 @@ std::size_t Control::kick(const std::string& user, const std::string& by) {
   std::size_t count = 0;
   std::lock_guard lock(mutex_);
   for (const auto& [id, record] : sessions_) {
-    if (!record->user.empty() && equalsIgnoringCase(record->user, user) &&
+    if (!record->user.empty() && protocol::equalsNoCase(record->user, user) &&
         mailboxes_.contains(record->worker)) {
       byWorker[record->worker].push_back({record, by});
       ++count;

@@ -1,6 +1,8 @@
 // The runtime API's HTTP/1.1 codec: RFC 9112's request line and header fields, read strictly.
 #include "proxy/admin/http.h"
 
+#include "proxy/protocol/line_reader.h"
+
 #include <algorithm>
 #include <charconv>
 
@@ -17,12 +19,6 @@ bool isTokenChar(unsigned char c) {
     return true;
   }
   return std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
-}
-
-bool equalsIgnoringCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return (x | 0x20) == (y | 0x20) || x == y;
-         });
 }
 
 int hexValue(char c) {
@@ -217,19 +213,19 @@ RequestReader::Status RequestReader::parse() {
         return refuse(400, "control character in a header field");
       }
     }
-    if (equalsIgnoringCase(name, "Authorization")) {
+    if (protocol::equalsNoCase(name, "Authorization")) {
       if (!request_.authorization.empty()) {
         return refuse(400, "more than one Authorization field");
       }
       request_.authorization = std::string(value);
-    } else if (equalsIgnoringCase(name, "Host")) {
+    } else if (protocol::equalsNoCase(name, "Host")) {
       if (sawHost) {
         return refuse(400, "more than one Host field");
       }
       sawHost = true;
-    } else if (equalsIgnoringCase(name, "Transfer-Encoding")) {
+    } else if (protocol::equalsNoCase(name, "Transfer-Encoding")) {
       return refuse(501, "request bodies are not accepted");
-    } else if (equalsIgnoringCase(name, "Content-Length")) {
+    } else if (protocol::equalsNoCase(name, "Content-Length")) {
       std::size_t length = 0;
       auto [ptr, error] = std::from_chars(value.data(), value.data() + value.size(), length);
       if (error != std::errc() || ptr != value.data() + value.size() || value.empty()) {

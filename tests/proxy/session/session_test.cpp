@@ -165,6 +165,13 @@ public:
     }
   }
 
+  // What the runtime API's kick does to every session of a user (SPEC §14).
+  void kickSessions() {
+    for (auto& session : sessions_) {
+      session->kick("127.0.0.1:1");
+    }
+  }
+
   void onSessionClosed(Session&) override { ++closed_; }
 
   std::string metrics() const { return registry_.render(); }
@@ -321,6 +328,60 @@ TEST(Session, ShutdownSaysGoodbyeWhilePosternHoldsTheDialogue) {
         << harness.metrics();
   }
   EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// SPEC §14: a kicked session hears its protocol's goodbye while postern parses the dialogue, and
+// is counted as kicked.
+TEST(Session, AKickSaysTheProtocolsGoodbye) {
+  {
+    Harness harness(std::chrono::seconds(5), Scripted{"+OK ready\r\n", {}}, config::Protocol::Pop3);
+    int client = harness.connectClient();
+    EXPECT_EQ(harness.readUntil(client, "\r\n"), "+OK ready\r\n");
+    harness.kickSessions();
+    std::string goodbye = harness.readUntil(client, "\r\n");
+    ::close(client);
+    EXPECT_EQ(goodbye, "-ERR [SYS/PERM] Disconnected by the administrator\r\n");
+    harness.settle();
+    EXPECT_TRUE(harness.scripted().peerEnded());
+    EXPECT_TRUE(hasSeries(harness.metrics(),
+                          "postern_sessions_closed_total{listener=\"pop3\",reason=\"kicked\"}", 1))
+        << harness.metrics();
+  }
+  EXPECT_EQ(Harness::loopClosed(), 0);
+}
+
+// Relaying raw bytes after authentication, the goodbye follows only a line the server finished:
+// inside a line it would become part of the server's reply, so the session just closes.
+TEST(Session, AKickMidLineClosesWithoutAGoodbye) {
+  for (bool lineEnded : {false, true}) {
+    SCOPED_TRACE(lineEnded ? "at a line end" : "mid-line");
+    {
+      std::string body = lineEnded ? "+OK\r\nSubject: whole\r\n" : "+OK\r\nSubject: part";
+      Harness harness(
+          std::chrono::seconds(5),
+          Scripted{"+OK ready\r\n",
+                   {{"USER a\r\n", "+OK\r\n"}, {"PASS b\r\n", "+OK in\r\n"}, {"RETR 1\r\n", body}}},
+          config::Protocol::Pop3);
+      int client = harness.connectClient();
+      EXPECT_EQ(harness.readUntil(client, "\r\n"), "+OK ready\r\n");
+      ::send(client, "USER a\r\n", 8, 0);
+      EXPECT_EQ(harness.readUntil(client, "\r\n"), "+OK\r\n");
+      ::send(client, "PASS b\r\n", 8, 0);
+      EXPECT_EQ(harness.readUntil(client, "\r\n"), "+OK in\r\n");
+      ::send(client, "RETR 1\r\n", 8, 0);
+      EXPECT_EQ(harness.readUntil(client, lineEnded ? "whole\r\n" : "part"), body);
+      harness.kickSessions();
+      std::string rest = harness.readUntil(client, "<never>"); // until postern closes
+      ::close(client);
+      EXPECT_EQ(rest, lineEnded ? "-ERR [SYS/PERM] Disconnected by the administrator\r\n" : "");
+      harness.settle();
+      EXPECT_TRUE(hasSeries(harness.metrics(),
+                            "postern_sessions_closed_total{listener=\"pop3\",reason=\"kicked\"}",
+                            1))
+          << harness.metrics();
+    }
+    EXPECT_EQ(Harness::loopClosed(), 0);
+  }
 }
 
 // A client that resets mid-session: its session ends as client_closed and the backend
