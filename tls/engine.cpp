@@ -99,7 +99,7 @@ private:
 
 } // namespace
 
-Engine::Engine(SSL* ssl, bool server) : ssl_(ssl), io_(std::make_unique<Io>()) {
+Engine::Engine(SSL* ssl, bool server) : ssl_(ssl), server_(server), io_(std::make_unique<Io>()) {
   BIO* bio = BIO_new(bioMethod());
   BIO_set_data(bio, io_.get());
   // One BIO for both directions: SSL_set_bio takes the single reference.
@@ -256,6 +256,11 @@ void Engine::shutdown(std::string& out) {
 
 std::string Engine::version() const {
   return state_ == State::Handshaking || state_ == State::Failed ? "" : SSL_get_version(ssl_);
+}
+
+bool Engine::serverAfterTls13Handshake() const {
+  return server_ && (state_ == State::Open || state_ == State::Closed) &&
+         SSL_version(ssl_) == TLS1_3_VERSION;
 }
 
 std::string Engine::cipher() const {

@@ -55,6 +55,8 @@ public:
   void shutdown(std::string& out);
 
   State state() const { return state_; }
+  // Whether the handshake finished and handshakeJustFinished() has not said so yet.
+  bool handshakeFinishing() const { return justFinished_; }
   bool handshakeJustFinished() {
     bool finished = justFinished_;
     justFinished_ = false;
@@ -62,7 +64,11 @@ public:
   }
   const std::string& error() const { return error_; }
   std::string version() const; // "TLSv1.3", or "" before the handshake
-  std::string cipher() const;  // "TLS_AES_128_GCM_SHA256"
+  // A server whose TLS 1.3 handshake is done: what it writes on its own from here on (the
+  // session tickets sent right after the client's Finished) is nothing the client waits for, so
+  // it may travel with the first data instead of in a write of its own.
+  bool serverAfterTls13Handshake() const;
+  std::string cipher() const; // "TLS_AES_128_GCM_SHA256"
   bool resumed() const;
   // The TLS server name (SNI) the client sent, "" when it sent none (server side).
   std::string serverName() const;
@@ -85,6 +91,7 @@ private:
   State pump(std::string& out, PlaintextSink* sink);
 
   SSL* ssl_;
+  bool server_;
   State state_ = State::Handshaking;
   bool justFinished_ = false;
   std::string error_;

@@ -3,6 +3,7 @@
 #include "proxy/net/tcp_stream.h"
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <cstring>
 #include <new>
@@ -99,6 +100,11 @@ TcpStream* TcpStream::connect(uv_loop_t* loop, const sockaddr* address, StreamHa
   }
   std::memcpy(&stream->peer_, address,
               address->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+  // Every backend connection is read as soon as it is up (a server speaks first). Asking now
+  // registers the socket once for both events; asking in onConnected would make libuv drop
+  // it from epoll and add it again (EEXIST, then MOD). libuv reports no read before the
+  // connect's own callback.
+  stream->startReading();
   return stream;
 }
 
@@ -237,6 +243,17 @@ void TcpStream::shutdownWrite() {
     return;
   }
   shutdown_ = true;
+  uv_os_fd_t fd = -1;
+  if (pendingBytes_ == 0 && uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp_), &fd) == 0) {
+    // Nothing queued: the FIN goes now. libuv's own shutdown would wait for a writable event
+    // first, which costs two epoll_ctl calls and a loop iteration for the same result.
+    ::shutdown(fd, SHUT_WR);
+    shutdownDone_ = true;
+    if (closeWhenFlushed_) {
+      close();
+    }
+    return;
+  }
   auto* request = new uv_shutdown_t;
   request->data = this;
   if (uv_shutdown(request, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdownDone) != 0) {

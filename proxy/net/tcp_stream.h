@@ -43,8 +43,8 @@ class TcpStream final : public ByteStream {
 public:
   // Accepts a pending connection from `server`; nullptr when that fails.
   static TcpStream* accept(uv_stream_t* server, StreamHandler* handler);
-  // Starts a connection; the handler hears onConnected. nullptr (and `status`) when it cannot
-  // start.
+  // Starts a connection, already reading (bytes arrive after onConnected); the handler hears
+  // onConnected. nullptr (and `status`) when it cannot start.
   static TcpStream* connect(uv_loop_t* loop, const sockaddr* address, StreamHandler* handler,
                             int& status);
 

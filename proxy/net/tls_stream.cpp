@@ -35,7 +35,15 @@ bool TlsStream::flush() {
   if (out.empty()) {
     return !closed_;
   }
-  int status = tcp_->write(out);
+  if (engine_->handshakeFinishing() && engine_->serverAfterTls13Handshake()) {
+    // What a TLS 1.3 server writes as its handshake ends is the session tickets, which the
+    // client does not wait for (its handshake ended with our Finished, sent already). They go
+    // with the next write, which for a mail server is the greeting.
+    corked_.append(out);
+    out.clear();
+    return !closed_;
+  }
+  int status = send(out);
   out.clear();
   if (out.capacity() > 64 * 1024) {
     std::string().swap(out);
@@ -50,6 +58,16 @@ bool TlsStream::flush() {
   return !closed_;
 }
 
+int TlsStream::send(std::span<const char> out) {
+  if (corked_.empty()) {
+    return out.empty() ? 0 : tcp_->write(out);
+  }
+  corked_.append(out.data(), out.size());
+  int status = tcp_->write(corked_);
+  std::string().swap(corked_);
+  return status;
+}
+
 // Reports the end of the handshake once, before any plaintext, and sends what the owner wrote
 // while it was under way. False when the owner closed the stream meanwhile.
 bool TlsStream::noticeHandshake() {
@@ -58,10 +76,6 @@ bool TlsStream::noticeHandshake() {
   }
   if (!flush()) {
     return false;
-  }
-  if (paused_) {
-    // The socket was read for the handshake's sake only; the owner still wants a pause.
-    tcp_->pauseReading();
   }
   if (!early_.empty()) {
     std::string early;
@@ -108,6 +122,14 @@ void TlsStream::afterEngine(tls::Engine::State state) {
 
 void TlsStream::onRead(std::span<const char> ciphertext) {
   heardFromPeer_ = heardFromPeer_ || !ciphertext.empty();
+  if (paused_ && engine_->state() != tls::Engine::State::Handshaking) {
+    // The owner paused and the peer sent anyway: the socket stops now, and these bytes (one
+    // read's worth at most) wait undecrypted for startReading(), as they would have in the
+    // kernel.
+    tcp_->pauseReading();
+    parked_.append(ciphertext.data(), ciphertext.size());
+    return;
+  }
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
   afterEngine(engine_->receive(ciphertext, out, *this));
 }
@@ -131,6 +153,10 @@ bool TlsStream::onPlaintext(std::span<const char> data) {
 
 void TlsStream::onEnd() {
   if (closed_ || ended_) {
+    return;
+  }
+  if (paused_ && engine_->state() != tls::Engine::State::Handshaking) {
+    endParked_ = true; // heard after what is parked, when the owner reads again
     return;
   }
   ended_ = true;
@@ -184,6 +210,19 @@ int TlsStream::startReading() {
       return 0;
     }
   }
+  if (!parked_.empty()) {
+    std::string parked;
+    parked.swap(parked_);
+    onRead(parked);
+    if (closed_ || paused_) {
+      return 0;
+    }
+  }
+  if (endParked_) {
+    endParked_ = false;
+    onEnd();
+    return 0;
+  }
   return ended_ ? 0 : tcp_->startReading();
 }
 
@@ -193,11 +232,11 @@ void TlsStream::process() {
 }
 
 void TlsStream::pauseReading() {
+  // The socket itself is stopped only when the peer sends while paused (onRead). Most pauses
+  // end before it does (a client waits for the backend's greeting), and stopping and starting
+  // a libuv stream costs epoll_ctl calls each way. During the handshake the socket is read
+  // anyway: the handshake is postern's business.
   paused_ = true;
-  // During the handshake the socket stays read: the handshake is postern's business.
-  if (engine_->state() != tls::Engine::State::Handshaking) {
-    tcp_->pauseReading();
-  }
 }
 
 int TlsStream::write(std::span<const char> data) {
@@ -220,7 +259,7 @@ int TlsStream::write(std::span<const char> data) {
       return kTlsFailure;
     }
     if (!out.empty()) {
-      int status = tcp_->write(out);
+      int status = send(out);
       out.clear();
       if (status != 0) {
         return status;
@@ -236,10 +275,8 @@ void TlsStream::shutdownWrite() {
   }
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
   engine_->shutdown(out);
-  if (!out.empty()) {
-    tcp_->write(out);
-    out.clear();
-  }
+  send(out);
+  out.clear();
   tcp_->shutdownWrite();
 }
 
@@ -254,10 +291,8 @@ void TlsStream::closeAfterFlush() {
   if (!closed_) {
     std::string& out = loopContext(tcp_->loop()).tlsOutput;
     engine_->shutdown(out);
-    if (!out.empty()) {
-      tcp_->write(out);
-      out.clear();
-    }
+    send(out);
+    out.clear();
   }
   closed_ = true;
   tcp_->closeAfterFlush();

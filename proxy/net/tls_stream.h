@@ -54,6 +54,8 @@ private:
   bool onPlaintext(std::span<const char> data) override;
 
   bool flush();
+  // Writes `out` (which may be empty) to the socket, behind the corked ciphertext if any.
+  int send(std::span<const char> out);
   void afterEngine(tls::Engine::State state);
   bool noticeHandshake();
   void process();
@@ -61,8 +63,13 @@ private:
   TcpStream* tcp_;
   std::unique_ptr<tls::Engine> engine_;
   StreamHandler* handler_;
-  std::string early_; // plaintext written before the handshake finished
-  std::string held_;  // plaintext decrypted while the owner had paused reading
+  std::string early_;      // plaintext written before the handshake finished
+  std::string held_;       // plaintext decrypted while the owner had paused reading
+  std::string parked_;     // ciphertext read while the owner had paused reading
+  bool endParked_ = false; // the TCP ended while the owner had paused reading
+  // A TLS 1.3 server's session tickets, kept to travel with the first bytes written after the
+  // handshake (the greeting) instead of in a system call and a client wake-up of their own.
+  std::string corked_;
   bool paused_ = true;
   bool closed_ = false;
   bool ended_ = false;

@@ -43,7 +43,6 @@ bool Session::start(uv_stream_t* listening) {
   client_ = tcp;
   clientTcp_ = tcp;
   clientPeer_ = tcp->peer();
-  clientLocal_ = tcp->local();
   clientAddress_ = net::formatAddress(clientPeer_); // for the logs only; the address stays binary
   filter_ = listener_.protocol->makeFilter(listenerPolicy());
   timer_ = net::Timer::create(loop_, this);
@@ -297,6 +296,11 @@ void Session::connectBackend() {
   spec.tlsContext = pool_->tlsContext();
   spec.proxyProtocol = pool.send_proxy_protocol;
   spec.client = clientPeer_;
+  if (pool.send_proxy_protocol != config::ProxyProtocol::Off && clientLocal_.ss_family == 0) {
+    // Asked of the kernel only for a PROXY header to send (one system call per session less
+    // for every other pool).
+    clientLocal_ = clientTcp_->local();
+  }
   spec.local = clientLocal_;
   if (pool.send_proxy_protocol == config::ProxyProtocol::V2 && clientTls_ != nullptr &&
       !clientUpgrading_ && !tlsVersion_.empty()) {

@@ -449,6 +449,106 @@ class StartTlsBackends(PosternCase):
         self.assertGreaterEqual(postern.metric("postern_backend_errors_total", reason="tls"), 1)
 
 
+def slow_greeting(conn):
+    """Greets one second after the connection, then waits for the client to go."""
+    time.sleep(1.0)
+    conn.sendall(b"* OK slow\r\n")
+    conn.settimeout(30)
+    while conn.recv(4096):
+        pass
+
+
+def memory_handshake(sock, tls):
+    """Drives an ssl.SSLObject's handshake over a plain socket; returns the bytes it read past
+    the handshake's end (nothing, when the server said nothing more in those reads)."""
+    incoming, outgoing = tls._incoming, tls._outgoing
+    while True:
+        try:
+            tls.obj.do_handshake()
+            sock.sendall(outgoing.read())
+            return
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            incoming.write(data)
+
+
+class MemoryTls:
+    def __init__(self, context, host):
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+
+
+def tls_records(data):
+    """The TLS record types in `data` (which must hold whole records)."""
+    types = []
+    while data:
+        length = int.from_bytes(data[3:5], "big")
+        types.append(data[0])
+        data = data[5 + length:]
+    return types
+
+
+class TicketsTravelWithTheGreeting(PosternCase):
+    """issue 18: a TLS 1.3 server's session ticket is not written on its own after the
+    handshake; it waits for the greeting and goes out with it, in one write. TLS 1.2, whose
+    server Finished comes last, is never held back."""
+
+    def setUp(self):
+        fake = fakes.FakeBackend(slow_greeting)
+        self.addCleanup(fake.stop)
+        text = ('[metrics]\nlisten = "127.0.0.1:0"\n' + tls_section() +
+                '\n[[listener]]\nname = "imaps"\nprotocol = "imap"\nlisten = "127.0.0.1:0"\n'
+                'tls = "implicit"\nbackend = "slow"\n'
+                f'\n[[backend]]\nname = "slow"\nservers = ["127.0.0.1:{fake.port}"]\n')
+        self.postern = self.start_postern(text)
+
+    def connect(self, maximum):
+        host, port = self.postern.address("imaps")
+        context = client_context()
+        context.maximum_version = maximum
+        sock = socket.create_connection((host, port), timeout=10)
+        self.addCleanup(sock.close)
+        tls = MemoryTls(context, host)
+        memory_handshake(sock, tls)
+        return sock, tls
+
+    def test_the_tls13_ticket_waits_for_the_greeting(self):
+        sock, tls = self.connect(ssl.TLSVersion.TLSv1_3)
+        self.assertEqual(tls.obj.version(), "TLSv1.3")
+        sock.settimeout(0.5)
+        with self.assertRaises(socket.timeout, msg="the ticket was sent before the greeting"):
+            sock.recv(65536)
+        sock.settimeout(10)
+        data = sock.recv(65536)
+        # The ticket record and the greeting record arrive in one read: one write.
+        self.assertEqual(tls_records(data), [23, 23], data)
+        tls._incoming.write(data)
+        self.assertEqual(tls.obj.read(1024), b"* OK slow\r\n")
+        self.assertTrue(tls.obj.session is not None and tls.obj.session.has_ticket,
+                        "the held ticket reached the client")
+
+    def test_tls12_is_not_held_back(self):
+        started = time.monotonic()
+        sock, tls = self.connect(ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(tls.obj.version(), "TLSv1.2")
+        self.assertLess(time.monotonic() - started, 0.9,
+                        "the TLS 1.2 handshake finished before the backend greeted")
+        data = b""
+        while b"* OK slow" not in data:
+            chunk = sock.recv(65536)
+            self.assertTrue(chunk, "closed before the greeting")
+            tls._incoming.write(chunk)
+            try:
+                data += tls.obj.read(1024)
+            except ssl.SSLWantReadError:
+                pass
+        self.assertEqual(data, b"* OK slow\r\n")
+
+
 class Matrix(PosternCase):
     """SPEC §4: client side {none, starttls, implicit} x backend side {none, starttls, implicit}
     for all three protocols, each cell a real login (or delivery) through postern."""
