@@ -204,6 +204,94 @@ def baseline_lines(figures):
     return lines
 
 
+# --profile: perf's samples by library, turned into CPU time per session (or per MB) by part.
+PROFILED = [  # (figure, title, loadgen's rate per proxy CPU-second, unit)
+    ("hs_ecdsa", "TLS 1.3 setups, ECDSA", "per_proxy_cpu_s", "µs per session"),
+    ("hs_rsa", "TLS 1.3 setups, RSA", "per_proxy_cpu_s", "µs per session"),
+    ("hs_login", "Session setup + LOGIN", "per_proxy_cpu_s", "µs per session"),
+    ("starttls", "STARTTLS (+NOOP)", "per_proxy_cpu_s", "µs per session"),
+    ("starttls_login", "STARTTLS + LOGIN", "per_proxy_cpu_s", "µs per session"),
+    ("bulk_up", "Bulk upload", "mb_per_proxy_cpu_s", "µs per MB"),
+    ("bulk_down", "Bulk download", "mb_per_proxy_cpu_s", "µs per MB"),
+]
+PARTS = ["OpenSSL", "kernel", "libc", "libuv", "own"]
+
+
+def part_of(library):
+    if library.startswith("libcrypto") or library.startswith("libssl"):
+        return "OpenSSL"
+    if library.startswith("[kernel"):
+        return "kernel"
+    if library.startswith(("libc.so", "libc-", "libstdc++", "libm.so", "ld-linux", "libgcc")):
+        return "libc"
+    if library.startswith("libuv"):
+        return "libuv"
+    return "own"  # the proxy's binary, its modules and anything else it links (vdso included)
+
+
+def parts_per_unit(result, rate_key):
+    """{part: µs per unit} for one measurement, or None without a profile."""
+    rate = value_of(result, rate_key)
+    profile = result.get("profile") if isinstance(result, dict) else None
+    if not rate or not profile:
+        return None
+    total = sum(profile.values())
+    if total <= 0:
+        return None
+    cost = 1e6 / rate
+    out = {part: 0.0 for part in PARTS}
+    for library, share in profile.items():
+        out[part_of(library)] += cost * share / total
+    out["total"] = cost
+    return out
+
+
+def profile_section(figures, peers):
+    """Markdown lines: per figure and proxy, the median cost per unit by part, and postern's
+    extra over the ceiling by part. Empty without profiles."""
+    rows, gaps = [], []
+    for figure, title, rate_key, unit in PROFILED:
+        medians = {}
+        for peer in peers:
+            runs = [parts_per_unit(r, rate_key) for _, r in sorted(figures.by.get((figure, peer), {}).items())]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            medians[peer] = {k: statistics.median(r[k] for r in runs) for k in PARTS + ["total"]}
+            m = medians[peer]
+            rows.append(f"| {title} | {peer} | {m['total']:,.1f} | " +
+                        " | ".join(f"{m[k]:,.1f}" for k in PARTS) + f" | {unit} |")
+        p, c = medians.get("postern"), medians.get(CEILING)
+        if p and c:
+            extra = {k: p[k] - c[k] for k in PARTS + ["total"]}
+            outside = extra["OpenSSL"] + extra["kernel"]
+            own = p["libuv"] + p["own"]
+            gaps.append(f"| {title} | {extra['total']:+,.1f} | " +
+                        " | ".join(f"{extra[k]:+,.1f}" for k in PARTS) +
+                        f" | {100.0 * outside / extra['total']:.0f}% | {own:,.1f} "
+                        f"({100.0 * own / p['total']:.1f}%) | {unit} |"
+                        if extra["total"] > 0 else
+                        f"| {title} | {extra['total']:+,.1f} | " +
+                        " | ".join(f"{extra[k]:+,.1f}" for k in PARTS) + f" | n/a | {own:,.1f} | {unit} |")
+    if not rows:
+        return []
+    lines = ["", "### Where the time goes (perf in the same run)", "",
+             "CPU time of the proxy's processes per unit, split by where perf's samples fell: "
+             "OpenSSL (libcrypto, libssl), the kernel, libc (and libstdc++), libuv, and the "
+             "proxy's own code (its binary, its modules, any other library it links). "
+             "Medians over rounds of each part.", "",
+             "| figure | proxy | total | " + " | ".join(PARTS) + " | unit |",
+             "|" + "---|" * (len(PARTS) + 4)] + rows
+    if gaps:
+        lines += ["", "postern's extra over the ceiling, by part (the same units), the share of "
+                  "that extra that is the kernel's or OpenSSL's, and postern's own code with "
+                  "libuv, in all:", "",
+                  "| figure | extra | " + " | ".join(PARTS) +
+                  " | kernel + OpenSSL of the extra | postern's own + libuv | unit |",
+                  "|" + "---|" * (len(PARTS) + 5)] + gaps
+    return lines
+
+
 def render_text(table, peers):
     head = ["figure", "unit"] + peers + [f"postern/{p}" for p in peers if p != "postern"] + \
         ["best peer", "postern/best", "of ceiling"]
@@ -217,7 +305,7 @@ def render_text(table, peers):
     return "\n".join(out)
 
 
-def render_markdown(table, peers, notes, machine, mode):
+def render_markdown(table, peers, notes, machine, mode, profile=()):
     lines = ["# postern benchmark results", ""]
     if machine:
         lines.append(f"Machine: {machine}. Run: {mode}.")
@@ -238,6 +326,7 @@ def render_markdown(table, peers, notes, machine, mode):
         lines.append(f"| {r['full']} ({r['unit']}) | " + " | ".join(r["ratios"]) + " |")
     lines.append("")
     lines += notes
+    lines += profile
     lines += ["", "Cells: median (min–max) over rounds. `*`: some sessions or requests failed in "
               "that measurement (see the JSON lines). nginx is nginx stream for TLS figures and "
               "nginx mail for STARTTLS. n/a: the peer cannot do that figure. `ceiling`: the sink's "
@@ -265,9 +354,12 @@ def main():
         print(n)
     print("Cells: median (min–max) over rounds; * = failures in that measurement; ↑ higher is "
           "better, ↓ lower is better.")
+    for line in profile_section(figures, peers):
+        print(line)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(render_markdown(table, peers, notes, args.machine, args.mode))
+            f.write(render_markdown(table, peers, notes, args.machine, args.mode,
+                                    profile_section(figures, peers)))
     return 0
 
 

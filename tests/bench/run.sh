@@ -5,6 +5,7 @@
 #
 #   bash tests/bench/run.sh [--quick] [--rounds N] [--peers "postern nginx ..."]
 #                           [--figures "hs_ecdsa bulk_up ..."] [--out FILE] [--no-install] [--keep]
+#                           [--profile]
 #
 # Run as root on Debian 12. Every process it starts is stopped when it ends, however it ends.
 set -euo pipefail
@@ -21,6 +22,10 @@ figures_wanted="hs_ecdsa hs_rsa hs_login starttls starttls_login bulk_up bulk_do
 out="$repo/build/bench/results.md"
 install=1
 keep=0
+# --profile: perf samples every proxy during every load figure of the same run, so that each
+# figure's cost per session (or per MB) splits into OpenSSL, kernel, libc, event library and the
+# proxy's own code (issue 18: which part of the gap to the ceiling is whose).
+profile=0
 port_base="${BENCH_PORT_BASE:-24000}"
 
 while [ $# -gt 0 ]; do
@@ -32,7 +37,8 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift ;;
     --no-install) install=0 ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --profile) profile=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -96,6 +102,7 @@ install_packages() {
   local packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev
                   prometheus-cpp-dev openssl python3 procps iproute2
                   nginx libnginx-mod-mail libnginx-mod-stream haproxy stunnel4 hitch)
+  [ $profile -eq 1 ] && packages+=(linux-perf)
   local missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -452,10 +459,36 @@ record() { # figure peer round json
   printf '{"figure":"%s","peer":"%s","round":%s,"result":%s}\n' "$1" "$2" "$3" "$4" >>"$results"
 }
 
-# One loadgen run bounded by time (and by `timeout` should anything hang).
+# The process and its children (nginx's and hitch's workers), comma-separated for perf -p.
+process_tree() {
+  local pid="$1"
+  { echo "$pid"; pgrep -P "$pid" || true; } | paste -sd, -
+}
+
+# perf's samples by library, as {"libcrypto.so.3": 47.1, "[kernel.kallsyms]": 29.4, ...} (%).
+profile_json() {
+  perf report -i "$1" --sort dso --stdio -q 2>/dev/null | python3 -c '
+import json, re, sys
+shares = {}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+    if m:
+        shares[m.group(2)] = shares.get(m.group(2), 0.0) + float(m.group(1))
+print(json.dumps(shares))'
+}
+
+# One loadgen run bounded by time (and by `timeout` should anything hang). With --profile and
+# `profile_pid` set, perf samples that process tree for the length of the run.
 measure() { # figure peer round loadgen-args...
   local figure="$1" peer="$2" round="$3"; shift 3
-  local json
+  local json perf_pid=""
+  if [ $profile -eq 1 ] && [ -n "${profile_pid:-}" ]; then
+    perf record -q -e cpu-clock -F 1999 -p "$(process_tree "$profile_pid")" \
+      -o "$run_dir/perf.data" >/dev/null 2>>"$run_dir/perf.err" &
+    perf_pid=$!
+    PID[perf]=$perf_pid
+    sleep 0.3
+  fi
   # In the background so that the trap can stop it too; bounded by its own limits and `timeout`.
   timeout 300 "$loadgen" --label "$peer" --watch "sink=${PID[sink]}" "$@" \
     >"$run_dir/loadgen.json" 2>>"$run_dir/loadgen.err" &
@@ -465,6 +498,16 @@ measure() { # figure peer round loadgen-args...
   json="$(tail -1 "$run_dir/loadgen.json")"
   if [ -z "$json" ]; then
     json='{"error":"no result"}'
+  fi
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    unset "PID[perf]"
+    json="$(python3 -c 'import json, sys
+result = json.loads(sys.argv[1])
+if isinstance(result, dict) and "error" not in result:
+    result["profile"] = json.loads(sys.argv[2] or "{}")
+print(json.dumps(result))' "$json" "$(profile_json "$run_dir/perf.data")")"
   fi
   record "$figure" "$peer" "$round" "$json"
 }
@@ -512,6 +555,10 @@ run_figure() { # figure peer round
   port="$(port_for "$peer" "$figure")"
   [ -n "$port" ] || return 0
   local watch=(--watch "proxy=${PID[$peer]}")
+  profile_pid=""
+  case "$figure" in
+    hs_*|starttls*|bulk_*) profile_pid="${PID[$peer]}" ;;
+  esac
   case "$figure" in
     hs_ecdsa) measure "$figure" "$peer" "$round" --mode handshake --port "$port" --sigalgs ecdsa \
                 --concurrency $concurrency --duration $load_s "${watch[@]}" ;;
