@@ -89,6 +89,7 @@ TcpStream* TcpStream::connect(uv_loop_t* loop, const sockaddr* address, StreamHa
   auto* stream = new TcpStream(handler);
   uv_tcp_init(loop, &stream->tcp_);
   stream->tcp_.data = stream;
+  stream->largeReads_ = true;
   auto* request = new uv_connect_t;
   request->data = stream;
   status = uv_tcp_connect(request, &stream->tcp_, address, onConnectDone);
@@ -160,7 +161,9 @@ void TcpStream::onAlloc(uv_handle_t* handle, std::size_t, uv_buf_t* buffer) noex
     return;
   }
   context.readBufferInUse = true;
-  *buffer = uv_buf_init(context.readBuffer, LoopContext::kReadBufferSize);
+  const auto* stream = static_cast<const TcpStream*>(handle->data);
+  *buffer = uv_buf_init(context.readBuffer, stream->largeReads_ ? LoopContext::kReadBufferSize
+                                                                : LoopContext::kClientReadSize);
 }
 
 void TcpStream::onReadDone(uv_stream_t* handle, ssize_t nread, const uv_buf_t* buffer) noexcept {

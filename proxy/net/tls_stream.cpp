@@ -9,7 +9,7 @@ namespace net {
 namespace {
 // The loop's ciphertext buffer is kept up to this size between engine calls (four records and
 // their overhead fit); a larger one, after an unusual burst, is given back.
-constexpr std::size_t kOutputKept = 128 * 1024;
+constexpr std::size_t kOutputKept = 320 * 1024;
 } // namespace
 
 TlsStream::TlsStream(TcpStream* tcp, std::unique_ptr<tls::Engine> engine, StreamHandler* handler)
@@ -258,7 +258,7 @@ int TlsStream::write(std::span<const char> data) {
   // quarter of the calls a record at a time would. The loop's output buffer stays under
   // kOutputKept, so it is kept between writes.
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
-  constexpr std::size_t kBatch = 64 * 1024;
+  constexpr std::size_t kBatch = 256 * 1024;
   while (!data.empty()) {
     std::span<const char> batch = data.first(std::min(kBatch, data.size()));
     data = data.subspan(batch.size());
