@@ -108,6 +108,7 @@ int run(const std::string& path) {
   unsigned workers = config.global.workers != 0 ? config.global.workers
                                                 : std::max(1u, std::thread::hardware_concurrency());
   proxy::Shared shared;
+  shared.sessionDirectory = config.admin.enabled;
   std::vector<std::unique_ptr<proxy::Server>> servers;
   config::Config workerConfig = config;
   for (unsigned i = 0; i < workers; ++i) {

@@ -121,7 +121,7 @@ Server::makeContext(const config::Listener& listener,
     context->authThrottle = shared_.throttleFor(listener);
   }
   context->port = port;
-  context->control = &shared_.control;
+  context->control = shared_.sessionDirectory ? &shared_.control : nullptr;
   context->worker = worker_;
   // The same labels give the same series: counts go on across reloads.
   context->metrics = registry_.listener(listener.name, context->protocol->name, port,
