@@ -1,4 +1,5 @@
 // The TLS engine without sockets: two engines talk through strings, fed in every chunk size.
+#include "tests/tls/test_contexts.h"
 #include "tls/context.h"
 #include "tls/engine.h"
 
@@ -45,18 +46,10 @@ protected:
   static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
 
   void SetUp() override {
-    config::Tls tlsConfig;
-    tlsConfig.certificates.push_back(
-        {(dir_ / "mail.pem").string(), (dir_ / "mail.key").string(), ""});
-    auto server = ServerContext::create(tlsConfig, makeTicketKeys(std::chrono::hours(1)));
-    ASSERT_TRUE(server.has_value()) << server.error();
-    serverContext_ = *server;
-    config::Backend backendConfig;
-    backendConfig.name = "test";
-    backendConfig.ca_file = (dir_ / "ca.pem").string();
-    auto client = ClientContext::create(backendConfig);
-    ASSERT_TRUE(client.has_value()) << client.error();
-    clientContext_ = *client;
+    tls::test_support::Contexts contexts = tls::test_support::makeContexts(dir_, dir_ / "ca.pem");
+    ASSERT_TRUE(contexts.error.empty()) << contexts.error;
+    serverContext_ = contexts.server;
+    clientContext_ = contexts.client;
   }
 
   // Moves bytes between the two engines in chunks of `chunk` until neither has anything to say.

@@ -7,6 +7,7 @@
 #include "proxy/net/tls_stream.h"
 
 #include "tests/proxy/support/scripted_server.h"
+#include "tests/tls/test_contexts.h"
 #include "tls/context.h"
 
 #include <gtest/gtest.h>
@@ -84,18 +85,10 @@ protected:
   static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
 
   void SetUp() override {
-    config::Tls tlsConfig;
-    tlsConfig.certificates.push_back(
-        {(dir_ / "mail.pem").string(), (dir_ / "mail.key").string(), ""});
-    auto server = tls::ServerContext::create(tlsConfig, tls::makeTicketKeys(std::chrono::hours(1)));
-    ASSERT_TRUE(server.has_value()) << server.error();
-    serverContext_ = *server;
-    config::Backend backendConfig;
-    backendConfig.name = "test";
-    backendConfig.ca_file = (dir_ / "mail.pem").string();
-    auto client = tls::ClientContext::create(backendConfig);
-    ASSERT_TRUE(client.has_value()) << client.error();
-    clientContext_ = *client;
+    tls::test_support::Contexts contexts = tls::test_support::makeContexts(dir_, dir_ / "mail.pem");
+    ASSERT_TRUE(contexts.error.empty()) << contexts.error;
+    serverContext_ = contexts.server;
+    clientContext_ = contexts.client;
 
     uv_loop_init(&loop_);
     attachLoopContext(&loop_, &context_);
