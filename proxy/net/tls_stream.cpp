@@ -7,8 +7,8 @@
 namespace net {
 
 namespace {
-// The loop's ciphertext buffer is kept up to this size between engine calls (four records and
-// their overhead fit); a larger one, after an unusual burst, is given back.
+// The loop's ciphertext buffer is kept up to this size between engine calls (one 256 KiB write
+// batch, sixteen records, and their overhead fit); a larger one, after a burst, is given back.
 constexpr std::size_t kOutputKept = 320 * 1024;
 } // namespace
 
@@ -253,10 +253,10 @@ int TlsStream::write(std::span<const char> data) {
     early_.append(data.data(), data.size());
     return 0;
   }
-  // Up to four records (64 KiB of plaintext, one read's worth) per system call: each write is a
-  // trip through the TCP stack and, on loopback, a wake-up of the reader, so a download costs a
-  // quarter of the calls a record at a time would. The loop's output buffer stays under
-  // kOutputKept, so it is kept between writes.
+  // Up to 256 KiB of plaintext (one backend read's worth, sixteen records) per system call: each
+  // write is a trip through the TCP stack and, on loopback, a wake-up of the reader, so a
+  // download costs a sixteenth of the calls a record at a time would. The loop's output buffer
+  // stays under kOutputKept, so it is kept between writes.
   std::string& out = loopContext(tcp_->loop()).tlsOutput;
   constexpr std::size_t kBatch = 256 * 1024;
   while (!data.empty()) {
